@@ -1,0 +1,5 @@
+import sys
+
+from holodask.cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""The ``holodask`` command line.
+
+Each sub-command lives in its own module ``holodask.commands.<name>`` that
+defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Errors caused by bad input (:class:`holodask.errors.HolodaskError`) are printed
+as one line and end the program with exit code 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from importlib import import_module
+
+from holodask import __version__
+from holodask.errors import HolodaskError
+
+#: sub-command name -> module, in the order ``--help`` lists them
+COMMANDS = {
+    "run": "holodask.commands.run",
+    "info": "holodask.commands.info",
+    "simulate": "holodask.commands.simulate",
+    "stats": "holodask.commands.stats",
+    "convert": "holodask.commands.convert",
+    "export": "holodask.commands.export",
+    "show": "holodask.commands.show",
+    "demo": "holodask.commands.demo",
+}
+
+
+def _available_commands():
+    for name, module_name in COMMANDS.items():
+        try:
+            yield name, import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="holodask",
+        description="Reconstruct and average series of off-axis electron holograms with Dask.",
+    )
+    parser.add_argument("--version", action="version", version=f"holodask {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _available_commands():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"holodask: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    _setup_logging(getattr(args, "verbose", 0) or 0)
+    warnings.showwarning = _show_warning
+    try:
+        return int(args._run(args) or 0)
+    except HolodaskError as exc:
+        print(f"holodask: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("holodask: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
