@@ -1,0 +1,269 @@
+"""Alignment kernels (pure numpy; no Dask, no files).
+
+* :func:`phase_correlate`: raw alignment of two holograms to the integer pixel
+  (phase correlation, hard low-pass at the alignment cut-off).
+* :func:`fit_to_average`: fine alignment of one reconstructed wave to the current
+  average: a complex factor, and as switched on a shift, a tilt and a defocus,
+  fitted by damped Gauss-Newton with analytic derivatives (phase ramps and a
+  quadratic phase in Fourier space) on the inner region of the image.
+
+A fit *state* is a float64 vector ``[Re f, Im f, shift_y, shift_x, tilt_y,
+tilt_x, defocus]`` (shift in nm, tilt in 1/nm, defocus in nm). The model of a
+wave ``psi`` given the average spectrum ``A`` is::
+
+    psi ~ f * ifft(A * exp(i (2 pi s.q - pi lambda d q^2))) * exp(2 pi i t.r)
+
+and its contribution to the next average is the inverse operation applied to
+``psi`` (:func:`aligned_spectrum`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from holodask import fft
+from holodask.optics import wavelength_nm
+
+__all__ = [
+    "STATE_SIZE",
+    "initial_state",
+    "phase_correlate",
+    "correlation_mask",
+    "correlate_spectra",
+    "AlignmentGrid",
+    "alignment_grid",
+    "fit_to_average",
+    "model_error",
+    "model_wave",
+    "aligned_spectrum",
+]
+
+STATE_SIZE = 7
+_FACTOR = slice(0, 2)
+_SHIFT = slice(2, 4)
+_TILT = slice(4, 6)
+_DEFOCUS = 6
+
+
+def initial_state(factor: complex = 1.0, defocus_nm: float = 0.0) -> np.ndarray:
+    """A fit state with the given factor and defocus, no shift and no tilt."""
+    state = np.zeros(STATE_SIZE)
+    state[0], state[1] = complex(factor).real, complex(factor).imag
+    state[_DEFOCUS] = defocus_nm
+    return state
+
+
+# --------------------------------------------------------------------------- raw alignment
+
+
+def correlation_mask(shape, sampling_nm: float, cut_off_per_nm: float) -> np.ndarray:
+    """Hard low-pass (``|q| < cut_off``) on the half spectrum of :func:`holodask.fft.rfft2`."""
+    qy = np.fft.fftfreq(int(shape[0]), sampling_nm).reshape(-1, 1)
+    qx = np.fft.rfftfreq(int(shape[1]), sampling_nm).reshape(1, -1)
+    return ((qx**2 + qy**2) < cut_off_per_nm**2).astype(np.float32)
+
+
+def correlate_spectra(previous: np.ndarray, current: np.ndarray, mask: np.ndarray, shape) -> tuple[int, int]:
+    """Integer shift ``(dx, dy)`` between two half spectra (phase correlation).
+
+    The sign follows the reference's ``raw_shift``: a feature that moved by
+    ``+d`` from ``previous`` to ``current`` gives ``-d``.
+    """
+    scale = 0.5 * abs(previous[0, 0]) + 0.5 * abs(current[0, 0])
+    cross = previous * np.conj(current)
+    cross /= np.abs(cross) + 1e-4 * scale
+    cross *= mask
+    ccf = np.fft.fftshift(fft.irfft2(cross, shape))
+    peak = np.unravel_index(int(np.argmax(ccf)), ccf.shape)
+    return int(peak[1] - shape[1] // 2), int(peak[0] - shape[0] // 2)
+
+
+def phase_correlate(previous: np.ndarray, current: np.ndarray, cut_off_per_nm: float, sampling_nm: float = 1.0) -> tuple[int, int]:
+    """Integer drift ``(dx, dy)`` of ``current`` relative to ``previous`` (raw_shift sign).
+
+    Parameters
+    ----------
+    previous, current : real images of the same shape (the alignment ROI).
+    cut_off_per_nm : hard low-pass cut-off in 1/nm.
+    sampling_nm : pixel size in nm.
+    """
+    shape = np.shape(previous)
+    mask = correlation_mask(shape, sampling_nm, cut_off_per_nm)
+    return correlate_spectra(fft.rfft2(previous), fft.rfft2(current), mask, shape)
+
+
+# --------------------------------------------------------------------------- fine alignment
+
+
+@dataclass(frozen=True)
+class AlignmentGrid:
+    """Frequency and position grids of one wave shape (all float32, broadcastable)."""
+
+    shape: tuple[int, int]
+    sampling_nm: tuple[float, float]
+    wavelength_nm: float
+    qy: np.ndarray  # (ny, 1) 1/nm
+    qx: np.ndarray  # (1, nx)
+    q2: np.ndarray  # (ny, nx)
+    y: np.ndarray  # (ny_inner, 1) nm, inner region
+    x: np.ndarray  # (1, nx_inner)
+    inner: tuple[slice, slice]
+
+
+def alignment_grid(shape, sampling_yx, voltage_kV: float | None, margin: float = 1.0 / 6.0) -> AlignmentGrid:
+    """Grids for waves of ``shape`` with pixel size ``sampling_yx`` (nm).
+
+    ``margin`` is the fraction of the size left out on each side of the residual.
+    """
+    ny, nx = int(shape[0]), int(shape[1])
+    sy, sx = (float(v) for v in np.broadcast_to(np.asarray(sampling_yx, dtype=float), (2,)))
+    qy = np.fft.fftfreq(ny, sy).astype(np.float32).reshape(-1, 1)
+    qx = np.fft.fftfreq(nx, sx).astype(np.float32).reshape(1, -1)
+    my, mx = int(ny * margin), int(nx * margin)
+    inner = (slice(my, ny - my), slice(mx, nx - mx))
+    y = (np.arange(ny, dtype=np.float32) * sy)[inner[0]].reshape(-1, 1)
+    x = (np.arange(nx, dtype=np.float32) * sx)[inner[1]].reshape(1, -1)
+    wavelength = wavelength_nm(voltage_kV) if voltage_kV else 0.0
+    return AlignmentGrid((ny, nx), (sy, sx), wavelength, qy, qx, qx**2 + qy**2, y, x, inner)
+
+
+def _propagator(state: np.ndarray, grid: AlignmentGrid, sign: float) -> np.ndarray:
+    """``exp(sign * i (2 pi s.q - pi lambda d q^2))`` as complex64 (separable in y and x)."""
+    defocus_term = np.pi * grid.wavelength_nm * state[_DEFOCUS]
+    phase_y = (2.0 * np.pi * state[2]) * grid.qy - defocus_term * grid.qy**2
+    phase_x = (2.0 * np.pi * state[3]) * grid.qx - defocus_term * grid.qx**2
+    return np.exp((1j * sign) * phase_y).astype(np.complex64) * np.exp((1j * sign) * phase_x).astype(np.complex64)
+
+
+def _tilt_ramp(state: np.ndarray, grid: AlignmentGrid, sign: float, full: bool = False) -> np.ndarray | None:
+    if state[4] == 0.0 and state[5] == 0.0:
+        return None
+    if full:
+        y = np.arange(grid.shape[0], dtype=np.float64).reshape(-1, 1) * grid.sampling_nm[0]
+        x = np.arange(grid.shape[1], dtype=np.float64).reshape(1, -1) * grid.sampling_nm[1]
+    else:
+        y, x = grid.y.astype(np.float64), grid.x.astype(np.float64)
+    ramp_y = np.exp((2j * np.pi * sign * state[4]) * y).astype(np.complex64)
+    ramp_x = np.exp((2j * np.pi * sign * state[5]) * x).astype(np.complex64)
+    return ramp_y * ramp_x
+
+
+def _factor(state: np.ndarray) -> complex:
+    return complex(state[0], state[1])
+
+
+def model_wave(average_spectrum: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -> np.ndarray:
+    """The model of a wave (inner region) for a state: the average moved onto it."""
+    spectrum = average_spectrum * _propagator(state, grid, +1.0)
+    model = fft.ifft2(spectrum)[grid.inner] * np.complex64(_factor(state))
+    ramp = _tilt_ramp(state, grid, +1.0)
+    return model if ramp is None else model * ramp
+
+
+def model_error(wave: np.ndarray, average_spectrum: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -> float:
+    """Squared residual between a wave and its model over the inner region."""
+    residual = model_wave(average_spectrum, state, grid) - wave[grid.inner]
+    return float(np.vdot(residual, residual).real)
+
+
+def aligned_spectrum(wave: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -> np.ndarray:
+    """Spectrum of a wave moved onto the average (inverse of the model), complex64."""
+    ramp = _tilt_ramp(state, grid, -1.0, full=True)
+    moved = wave if ramp is None else wave * ramp
+    spectrum = fft.fft2(moved) * _propagator(state, grid, -1.0)
+    return (spectrum / np.complex64(_factor(state))).astype(np.complex64, copy=False)
+
+
+def fit_to_average(
+    wave: np.ndarray,
+    average_spectrum: np.ndarray,
+    state: np.ndarray,
+    grid: AlignmentGrid,
+    *,
+    fit_shift: bool = True,
+    fit_tilt: bool = False,
+    fit_defocus: bool = False,
+    max_iterations: int = 30,
+    tolerance: float = 1e-7,
+) -> np.ndarray:
+    """Fit the factor (always) and shift / tilt / defocus (as switched on) of one wave.
+
+    Minimises ``sum |model - wave|^2`` over the inner region by Levenberg-Marquardt
+    steps on analytic derivatives. Returns the new state vector.
+    """
+    state = np.asarray(state, dtype=float).copy()
+    target = np.asarray(wave)[grid.inner]
+    inner = grid.inner
+    two_pi_i = np.complex64(2j * np.pi)
+    defocus_factor = np.complex64(-1j * np.pi * grid.wavelength_nm)
+
+    free = [0, 1]
+    if fit_shift:
+        free += [2, 3]
+    if fit_tilt:
+        free += [4, 5]
+    if fit_defocus:
+        free += [6]
+
+    def evaluate(s):
+        spectrum = average_spectrum * _propagator(s, grid, +1.0)
+        base = fft.ifft2(spectrum)[inner]  # without factor and tilt
+        ramp = _tilt_ramp(s, grid, +1.0)
+        if ramp is not None:
+            base = base * ramp
+        model = base * np.complex64(_factor(s))
+        residual = model - target
+        return spectrum, base, model, residual, float(np.vdot(residual, residual).real)
+
+    spectrum, base, model, residual, cost = evaluate(state)
+    damping = 1e-3
+    for _ in range(max_iterations):
+        columns = [base, 1j * base]
+        factor = np.complex64(_factor(state))
+        ramp = _tilt_ramp(state, grid, +1.0)
+        derivative_spectra = []
+        if fit_shift:
+            derivative_spectra += [spectrum * (two_pi_i * grid.qy), spectrum * (two_pi_i * grid.qx)]
+        if fit_tilt:
+            columns += [model * (two_pi_i * grid.y), model * (two_pi_i * grid.x)]
+        if fit_defocus:
+            derivative_spectra.append(spectrum * (defocus_factor * grid.q2))
+        derived = []
+        for d_spectrum in derivative_spectra:
+            column = fft.ifft2(d_spectrum)[inner] * factor
+            derived.append(column if ramp is None else column * ramp)
+        if fit_shift:
+            columns[2:2] = derived[:2]
+            derived = derived[2:]
+        if fit_defocus:
+            columns.append(derived[0])
+        # real inner products Re(a^H b) as float32 dot products of the (re, im) pairs
+        jacobian = np.stack([np.ascontiguousarray(c) for c in columns]).view(np.float32).reshape(len(columns), -1)
+        normal = (jacobian @ jacobian.T).astype(np.float64)
+        gradient = (jacobian @ np.ascontiguousarray(residual).view(np.float32).ravel()).astype(np.float64)
+        diagonal = np.diag(normal).copy()
+        diagonal[diagonal == 0] = 1.0
+        accepted = False
+        for _attempt in range(6):
+            try:
+                step = np.linalg.solve(normal + damping * np.diag(diagonal), -gradient)
+            except np.linalg.LinAlgError:
+                damping *= 10.0
+                continue
+            trial = state.copy()
+            trial[free] += step
+            t_spectrum, t_base, t_model, t_residual, t_cost = evaluate(trial)
+            if t_cost <= cost:
+                accepted = True
+                break
+            damping *= 10.0
+        if not accepted:
+            break
+        improvement = cost - t_cost
+        state, spectrum, base, model, residual, cost = trial, t_spectrum, t_base, t_model, t_residual, t_cost
+        damping = max(damping / 10.0, 1e-9)
+        if improvement <= tolerance * max(cost, 1e-30) or improvement <= 1e-30:
+            break
+    return state

@@ -1,0 +1,243 @@
+"""Iterative averaging of a reconstructed series, as a Dask graph.
+
+The stack of reconstructed waves (one frame per chunk) is persisted once; every
+round then maps the per-frame fit (:func:`holodask.align.fit_to_average`) over
+the frames, each task also returning the frame's contribution (its spectrum
+moved onto the average), and tree-reduces the contributions into the next
+average. Only the small per-frame fit states and the summed spectrum travel
+back to the client; the frames never do.
+
+Schedule (that of the reference program): a first round that aligns every
+frame to the first one (the reference aligns each to the running mean of the
+previous ones, which is sequential; aligning to the first frame is parallel and
+the later rounds converge to the same average), then ``iterations`` rounds of
+fitting all frames to the previous average, the defocus fit starting with
+round ``defocus_start``; factors normalised to a mean amplitude of 1 each round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+from dask import delayed
+
+from holodask import fft
+from holodask.align import (
+    AlignmentGrid,
+    aligned_spectrum,
+    fit_to_average,
+    initial_state,
+    model_error,
+)
+
+__all__ = ["AverageResult", "average_series", "scheduler_of", "tree_sum"]
+
+
+@dataclass
+class AverageResult:
+    """Result of :func:`average_series`.
+
+    ``wave``: averaged complex64 wave; ``variance``: float32 per-pixel variance
+    (None for one frame); ``states``: (N, 7) fit states (see
+    :mod:`holodask.align`); ``errors``: (N,) squared residuals against the final
+    average; ``convergence``: total squared residual after each round.
+    """
+
+    wave: np.ndarray
+    variance: np.ndarray | None
+    states: np.ndarray
+    errors: np.ndarray
+    convergence: list[float] = field(default_factory=list)
+
+    @property
+    def factors(self) -> np.ndarray:
+        return self.states[:, 0] + 1j * self.states[:, 1]
+
+    @property
+    def shifts_nm(self) -> np.ndarray:
+        """(N, 2) fitted shifts (y, x) in nm."""
+        return self.states[:, 2:4]
+
+    @property
+    def tilts_per_nm(self) -> np.ndarray:
+        """(N, 2) fitted tilts (y, x) in 1/nm."""
+        return self.states[:, 4:6]
+
+    @property
+    def defocus_nm(self) -> np.ndarray:
+        return self.states[:, 6]
+
+
+def scheduler_of(client=None):
+    """The ``scheduler=`` argument for :func:`dask.compute`: the client, or threads."""
+    import os
+    return client if client is not None else os.environ.get("HOLODASK_SCHEDULER", "threads")
+
+
+def tree_sum(items: list, split_every: int = 8):
+    """Sum delayed arrays in a tree of ``split_every``-way additions (one delayed)."""
+    items = list(items)
+    if not items:
+        raise ValueError("nothing to sum")
+    while len(items) > 1:
+        items = [
+            delayed(_sum_arrays, pure=True)(*items[i:i + split_every])
+            for i in range(0, len(items), split_every)
+        ]
+    return items[0]
+
+
+def _sum_arrays(*arrays):
+    total = np.array(arrays[0], dtype=np.complex64, copy=True)
+    for a in arrays[1:]:
+        total += a
+    return total
+
+
+def _frame(block: np.ndarray) -> np.ndarray:
+    return block[0] if block.ndim == 3 else block
+
+
+# ---------------------------------------------------------------- per-frame tasks
+
+
+def _reference_task(block, defocus_nm, grid):
+    """State and contribution of the first frame (factor = phase of its mean)."""
+    wave = _frame(block)
+    mean = complex(np.mean(wave, dtype=np.complex128))
+    factor = mean / abs(mean) if abs(mean) > 0 else 1.0
+    state = initial_state(factor, defocus_nm)
+    return state, aligned_spectrum(wave, state, grid)
+
+
+def _first_round_task(block, reference, defocus_nm, grid, fit_shift):
+    """Fit a frame to the first frame (shift and factor only); factor made unit."""
+    wave = _frame(block)
+    reference_state, reference_spectrum = reference
+    mean = complex(np.mean(wave, dtype=np.complex128))
+    factor = mean / abs(mean) if abs(mean) > 0 else 1.0
+    state = initial_state(factor, defocus_nm)
+    state = fit_to_average(wave, reference_spectrum, state, grid, fit_shift=fit_shift)
+    amplitude = np.hypot(state[0], state[1])
+    if amplitude > 0:
+        state[0:2] /= amplitude
+    return state, aligned_spectrum(wave, state, grid)
+
+
+def _round_task(block, average_spectrum, state, grid, fit_shift, fit_tilt, fit_defocus):
+    """Error of the previous state, new fit, and the (unnormalised) contribution."""
+    wave = _frame(block)
+    error = model_error(wave, average_spectrum, state, grid)
+    state = fit_to_average(
+        wave, average_spectrum, state, grid,
+        fit_shift=fit_shift, fit_tilt=fit_tilt, fit_defocus=fit_defocus,
+    )
+    return state, error, aligned_spectrum(wave, state, grid)
+
+
+def _final_task(block, average_spectrum, average_wave, state, grid):
+    """Error against the final average and the squared deviation for the variance."""
+    wave = _frame(block)
+    error = model_error(wave, average_spectrum, state, grid)
+    deviation = average_wave - fft.ifft2(aligned_spectrum(wave, state, grid))
+    return error, (deviation.real**2 + deviation.imag**2).astype(np.float32)
+
+
+def _sum_real(*arrays):
+    total = np.array(arrays[0], dtype=np.float64, copy=True)
+    for a in arrays[1:]:
+        total += a
+    return total
+
+
+def _getitem(obj, index):
+    return obj[index]
+
+
+# ---------------------------------------------------------------- the rounds
+
+
+def average_series(
+    stack: da.Array,
+    grid: AlignmentGrid,
+    defocus_nm=None,
+    *,
+    iterations: int = 7,
+    fit_shift: bool = True,
+    fit_tilt: bool = False,
+    fit_defocus: bool = False,
+    defocus_start: int = 4,
+    variance: bool = True,
+    client=None,
+) -> AverageResult:
+    """Average a stack of reconstructed waves with per-frame alignment.
+
+    Parameters
+    ----------
+    stack : Dask array (N, ny, nx) complex64, one frame per chunk (persisted here).
+    grid : :func:`holodask.align.alignment_grid` of the wave shape.
+    defocus_nm : (N,) nominal defocus of each frame (start values of the fit).
+    iterations : rounds after the first (reference: 7 for objects, 4 for empties).
+    fit_shift, fit_tilt, fit_defocus : what is fitted besides the factor; the
+        defocus only from round ``defocus_start`` on (0-based, counting the rounds
+        after the first).
+    variance : also compute the per-pixel variance.
+    client : a ``dask.distributed.Client`` (None: local threads).
+    """
+    n_frames = stack.shape[0]
+    defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
+    scheduler = scheduler_of(client)
+    stack = stack.rechunk({0: 1, 1: -1, 2: -1})
+    (stack,) = dask.persist(stack, scheduler=scheduler)
+    blocks = list(stack.to_delayed().ravel())
+    grid_d = delayed(grid, pure=True)
+    get = delayed(_getitem, pure=True)
+
+    if n_frames == 1:
+        raise ValueError("average_series needs at least two frames")
+
+    # first round: everything against the first frame
+    reference = delayed(_reference_task, pure=True)(blocks[0], float(defocus_nm[0]), grid_d)
+    results = [reference] + [
+        delayed(_first_round_task, pure=True)(blocks[i], reference, float(defocus_nm[i]), grid_d, fit_shift)
+        for i in range(1, n_frames)
+    ]
+    states, total = dask.compute([get(r, 0) for r in results], tree_sum([get(r, 1) for r in results]), scheduler=scheduler)
+    states = np.array(states)
+    average = total / np.complex64(n_frames)
+    convergence: list[float] = []
+
+    for iteration in range(iterations):
+        average_d = delayed(average, pure=True)
+        fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)
+        results = [
+            delayed(_round_task, pure=True)(
+                blocks[i], average_d, states[i], grid_d, fit_shift, fit_tilt, fit_defocus_now
+            )
+            for i in range(n_frames)
+        ]
+        new_states, errors, total = dask.compute(
+            [get(r, 0) for r in results], [get(r, 1) for r in results],
+            tree_sum([get(r, 2) for r in results]), scheduler=scheduler,
+        )
+        convergence.append(float(np.sum(errors)))
+        states = np.array(new_states)
+        norm = float(np.mean(np.hypot(states[:, 0], states[:, 1])))
+        states[:, 0:2] /= norm
+        average = total * np.complex64(norm / n_frames)
+
+    average_wave = fft.ifft2(average).astype(np.complex64)
+    average_d = delayed(average, pure=True)
+    wave_d = delayed(average_wave, pure=True)
+    results = [delayed(_final_task, pure=True)(blocks[i], average_d, wave_d, states[i], grid_d) for i in range(n_frames)]
+    deviations = [get(r, 1) for r in results]
+    while len(deviations) > 1:
+        deviations = [delayed(_sum_real, pure=True)(*deviations[i:i + 8]) for i in range(0, len(deviations), 8)]
+    errors, squared = dask.compute([get(r, 0) for r in results], deviations[0], scheduler=scheduler)
+    errors = np.array(errors, dtype=float)
+    convergence.append(float(errors.sum()))
+    var = (squared / (n_frames - 1)).astype(np.float32) if variance else None
+    return AverageResult(average_wave, var, states, errors, convergence)

@@ -1,0 +1,207 @@
+"""Per-frame reconstruction kernels (pure numpy; no Dask, no files).
+
+:func:`sideband_geometry` works out once per series where the sideband sits,
+which part of the spectrum is cut out, the mask (with the MTF divided out) and
+the sub-pixel phase ramp; :func:`reconstruct_hologram` then turns one
+hologram (ROI) into a complex64 wave with one real FFT and one small inverse FFT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from holodask import fft
+from holodask.errors import ParameterError
+from holodask.optics import filter_function, mtf_array, normalised_frequency2
+from holodask.params import FilterSpec
+
+__all__ = [
+    "SidebandGeometry",
+    "sideband_geometry",
+    "reconstruct_hologram",
+    "moved_roi",
+    "extract_roi",
+]
+
+
+@dataclass(frozen=True)
+class SidebandGeometry:
+    """Everything needed to reconstruct holograms of one shape.
+
+    Attributes
+    ----------
+    image_shape : (H, W) of the hologram (ROI) being transformed.
+    out_shape : (ny, nx) of the reconstructed wave.
+    rows, cols, conjugate : where each kept spectrum pixel comes from in the
+        half spectrum of :func:`holodask.fft.rfft2`, and whether it is conjugated.
+    dst : (y0, y1, x0, x1) of the kept pixels inside the centred output spectrum.
+    weights : mask divided by the MTF on the kept pixels (float32).
+    ramp : complex64 ``exp(-2 pi i w.r)`` removing the sub-pixel carrier.
+    carrier_per_nm : (x, y) carrier in 1/nm.
+    sampling_out_nm : (y, x) pixel size of the reconstruction in nm.
+    """
+
+    image_shape: tuple[int, int]
+    out_shape: tuple[int, int]
+    rows: np.ndarray
+    cols: np.ndarray
+    conjugate: np.ndarray
+    dst: tuple[int, int, int, int]
+    weights: np.ndarray
+    ramp: np.ndarray | None
+    carrier_per_nm: tuple[float, float]
+    sampling_out_nm: tuple[float, float]
+
+
+def _shifted_frequencies(n: int, spacing: float) -> np.ndarray:
+    return (np.arange(n) - n // 2) / (n * spacing)
+
+
+def sideband_geometry(
+    image_shape,
+    sampling_yx,
+    carrier_xy_per_nm,
+    out_shape,
+    cut_off2_per_nm2,
+    filter_spec: FilterSpec = FilterSpec(),
+    mtf_terms=None,
+    binning: int = 1,
+) -> SidebandGeometry:
+    """Pre-compute the sideband extraction for holograms of ``image_shape``.
+
+    Parameters
+    ----------
+    image_shape : (H, W) of the holograms (the ROI).
+    sampling_yx : pixel size (y, x) in nm (a scalar for square pixels).
+    carrier_xy_per_nm : carrier (x, y) in 1/nm.
+    out_shape : (ny, nx) of the reconstructed wave.
+    cut_off2_per_nm2 : 2x2 squared cut-off matrix in 1/nm^2 (``[[xx, xy], [yx, yy]]``).
+    filter_spec : mask function.
+    mtf_terms : MTF terms (None: no MTF deconvolution).
+    binning : detector binning (MTF only).
+    """
+    height, width = int(image_shape[0]), int(image_shape[1])
+    ny, nx = int(out_shape[0]), int(out_shape[1])
+    sy, sx = (float(v) for v in np.broadcast_to(np.asarray(sampling_yx, dtype=float), (2,)))
+    cx, cy = float(carrier_xy_per_nm[0]), float(carrier_xy_per_nm[1])
+    if ny > height or nx > width:
+        raise ParameterError(
+            f"object_size/empty_size: the reconstruction ({ny} x {nx} px) is larger than the "
+            f"region it is cut from ({height} x {width} px); expected at most {min(height, width)}"
+        )
+    carrier_px = np.array([cy * sy * height, cx * sx * width])
+    int_carrier = np.floor(carrier_px).astype(int)
+    if not (-height // 2 <= int_carrier[0] < height - height // 2 and -width // 2 <= int_carrier[1] < width - width // 2):
+        raise ParameterError(
+            f"sideband_pos: the sideband lies outside the Fourier transform of the "
+            f"{width} x {height} px image"
+        )
+    cut_off2 = np.asarray(cut_off2_per_nm2, dtype=float)
+    reach_px = np.sqrt(np.abs(np.diag(cut_off2))) * np.array([sx * width, sy * height])  # x, y
+    if reach_px[0] > nx / 2 + 1e-9 or reach_px[1] > ny / 2 + 1e-9:
+        raise ParameterError(
+            f"cut_off: the cut-off ({reach_px[0]:.1f} x {reach_px[1]:.1f} px around the sideband) "
+            f"reaches past the cropped sideband ({nx} x {ny} px); expected a smaller cut_off "
+            f"or a larger object_size/empty_size"
+        )
+
+    # region of the centred spectrum that is kept, clipped to the spectrum
+    y0 = height // 2 + int_carrier[0] - ny // 2
+    x0 = width // 2 + int_carrier[1] - nx // 2
+    dy0, dx0 = max(0, -y0), max(0, -x0)
+    y0, x0 = max(0, y0), max(0, x0)
+    y1 = min(height, height // 2 + int_carrier[0] - ny // 2 + ny)
+    x1 = min(width, width // 2 + int_carrier[1] - nx // 2 + nx)
+    dst = (dy0, dy0 + (y1 - y0), dx0, dx0 + (x1 - x0))
+
+    # mask on the kept pixels, centred on the exact carrier
+    qy = _shifted_frequencies(height, sy)[y0:y1].reshape(-1, 1) - cy
+    qx = _shifted_frequencies(width, sx)[x0:x1].reshape(1, -1) - cx
+    weights = filter_function(normalised_frequency2(qy, qx, cut_off2), filter_spec).astype(np.float64)
+    if mtf_terms:
+        mtf = np.fft.fftshift(mtf_array(mtf_terms, (height, width), binning))
+        weights = weights / mtf[y0:y1, x0:x1]
+    weights = weights.astype(np.float32)
+
+    # where the kept pixels live in the half spectrum of a real FFT
+    ky = (np.arange(y0, y1) - height // 2) % height
+    kx = (np.arange(x0, x1) - width // 2) % width
+    conjugate = kx > width // 2
+    rows = np.where(conjugate[None, :], (-ky[:, None]) % height, ky[:, None])
+    cols = np.where(conjugate, (-kx) % width, kx)[None, :].repeat(len(ky), axis=0)
+
+    sampling_out = (sy * height / ny, sx * width / nx)
+    fraction = (carrier_px - int_carrier) / np.array([height, width]) / np.array([sy, sx])  # 1/nm
+    if np.allclose(fraction, 0.0):
+        ramp = None
+    else:
+        y_nm = np.arange(ny).reshape(-1, 1) * sampling_out[0]
+        x_nm = np.arange(nx).reshape(1, -1) * sampling_out[1]
+        ramp = np.exp(-2j * np.pi * (fraction[0] * y_nm + fraction[1] * x_nm)).astype(np.complex64)
+    return SidebandGeometry(
+        image_shape=(height, width),
+        out_shape=(ny, nx),
+        rows=rows,
+        cols=cols,
+        conjugate=np.broadcast_to(conjugate[None, :], rows.shape).copy(),
+        dst=dst,
+        weights=weights,
+        ramp=ramp,
+        carrier_per_nm=(cx, cy),
+        sampling_out_nm=sampling_out,
+    )
+
+
+def reconstruct_hologram(frame: np.ndarray, geometry: SidebandGeometry) -> np.ndarray:
+    """Reconstruct one hologram: FFT, cut out and mask the sideband, inverse FFT.
+
+    Returns the complex64 wave of ``geometry.out_shape``.
+    """
+    frame = np.asarray(frame)
+    if frame.shape != geometry.image_shape:
+        raise ValueError(f"hologram of shape {frame.shape}, expected {geometry.image_shape}")
+    half = fft.rfft2(frame.astype(np.float32, copy=False))
+    kept = half[geometry.rows, geometry.cols]
+    np.conjugate(kept, out=kept, where=geometry.conjugate)
+    side = np.zeros(geometry.out_shape, dtype=np.complex64)
+    y0, y1, x0, x1 = geometry.dst
+    side[y0:y1, x0:x1] = kept * geometry.weights
+    wave = fft.ifft2(np.fft.ifftshift(side))
+    if geometry.ramp is not None:
+        wave *= geometry.ramp
+    return wave.astype(np.complex64, copy=False)
+
+
+def moved_roi(roi, shift_xy) -> tuple[int, int, int, int]:
+    """The ROI ``(left, top, right, bottom)`` following a drift of ``shift_xy`` px (raw_shift)."""
+    sx, sy = int(shift_xy[0]), int(shift_xy[1])
+    return (roi[0] - sx, roi[1] - sy, roi[2] - sx, roi[3] - sy)
+
+
+def _clip(start: int, size: int, limit: int) -> tuple[int, int, int]:
+    """(source start, destination start, length) of a window clipped to [0, limit)."""
+    dst = max(0, -start)
+    src = max(0, start)
+    length = min(limit, start + size) - src
+    return src, dst, max(0, length)
+
+
+def extract_roi(frame: np.ndarray, roi, shift_xy=(0, 0)) -> np.ndarray:
+    """Cut the ROI ``(left, top, right, bottom)`` moved by the drift out of a frame.
+
+    Pixels outside the image are filled with the frame's mean intensity (cast to
+    the frame's dtype, as the reference does).
+    """
+    frame = np.asarray(frame)
+    left, top, right, bottom = moved_roi(roi, shift_xy)
+    height, width = bottom - top, right - left
+    out = np.empty((height, width), dtype=frame.dtype)
+    sy, dy, ny = _clip(top, height, frame.shape[0])
+    sx, dx, nx = _clip(left, width, frame.shape[1])
+    if ny < height or nx < width:
+        out[...] = np.asarray(frame.mean()).astype(frame.dtype)
+    if ny > 0 and nx > 0:
+        out[dy:dy + ny, dx:dx + nx] = frame[sy:sy + ny, sx:sx + nx]
+    return out
