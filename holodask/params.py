@@ -254,6 +254,26 @@ def parse_parameter_text(text: str, source_name: str = "parameters") -> dict:
             f"{source_name}: the parameters must be a JSON object {{...}}, "
             f"got a JSON {_json_kind(value)}"
         )
+    return _join_surrogates(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _join_surrogates(value: Any) -> Any:
+    """Join escaped UTF-16 surrogate pairs (``"\\ud83d\\ude00"``) into one character.
+
+    ``json5`` keeps the two halves apart where the standard JSON parser joins
+    them; lone surrogates stay as they are.
+    """
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+        return value
+    if isinstance(value, list):
+        return [_join_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_join_surrogates(k): _join_surrogates(v) for k, v in value.items()}
     return value
 
 
@@ -754,11 +774,12 @@ def parse_parameters(
     # --- series ---------------------------------------------------------------
     def series(prefix: str) -> SeriesSpec:
         names = given[f"{prefix}_names"]
-        if isinstance(names, (list, tuple)):
-            return expand_names(f"{prefix}_names", names, None, None, (), base)
+        # first/last/exclude are checked even where a list of names ignores them
         first = _check_int(f"{prefix}_first", given[f"{prefix}_first"]) if f"{prefix}_first" in given else None
         last = _check_int(f"{prefix}_last", given[f"{prefix}_last"]) if f"{prefix}_last" in given else None
         exclude = _check_exclude(f"{prefix}_exclude", given[f"{prefix}_exclude"]) if f"{prefix}_exclude" in given else ()
+        if isinstance(names, (list, tuple)):
+            return expand_names(f"{prefix}_names", names, None, None, (), base)
         return expand_names(f"{prefix}_names", names, first, last, exclude, base)
 
     values["object_series"] = series("object") if "object_names" in given else None
