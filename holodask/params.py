@@ -231,11 +231,15 @@ def parse_parameter_text(text: str, source_name: str = "parameters") -> dict:
         not an object.
     """
     if not isinstance(text, str):
-        raise ParameterError(f"{source_name}: parameter text must be a str, got {type(text).__name__}")
+        raise ParameterError(
+            f"{source_name}: parameter text must be a str, got {type(text).__name__}"
+        )
     if text.startswith("\ufeff"):  # byte order mark left by some Windows editors
         text = text[1:]
     if not text.strip():
-        raise ParameterError(f"{source_name}: empty parameter text (expected a JSON object {{...}})")
+        raise ParameterError(
+            f"{source_name}: empty parameter text (expected a JSON object {{...}})"
+        )
     try:
         value = json5.loads(text)
     except ValueError as exc:
@@ -442,7 +446,9 @@ def _check_cut_off2(value: Any) -> np.ndarray:
         raise ParameterError(f"parameter 'cut_off2' must be {what}, got {_show(value)}")
     matrix = np.array([[_check_number("cut_off2", v, what) for v in row] for row in rows])
     if not np.isclose(matrix[0, 1], matrix[1, 0], rtol=1e-9, atol=0.0):
-        raise ParameterError(f"parameter 'cut_off2' must be {what}; it is not symmetric: {_show(value)}")
+        raise ParameterError(
+            f"parameter 'cut_off2' must be {what}; it is not symmetric: {_show(value)}"
+        )
     if not np.all(np.linalg.eigvalsh(matrix) > 0):
         raise ParameterError(
             f"parameter 'cut_off2' must be {what}; it is not positive-definite: {_show(value)}"
@@ -450,7 +456,7 @@ def _check_cut_off2(value: Any) -> np.ndarray:
     return matrix
 
 
-def _check_filter(value: Any) -> FilterSpec:
+def _check_filter(name: str, value: Any) -> FilterSpec:
     what = '"EDGE", "GAUSSIAN" or ["BUTTERWORTH", order] with order > 0'
     if isinstance(value, str):
         items = [value]
@@ -460,7 +466,9 @@ def _check_filter(value: Any) -> FilterSpec:
         raise ParameterError(f"parameter 'filter_func' must be {what}, got {_show(value)}")
     kind = items[0].upper()  # the reference program accepts any case
     if kind not in _FILTER_KINDS:
-        raise ParameterError(f"parameter 'filter_func' must be {what}, got unknown filter {_show(items[0])}")
+        raise ParameterError(
+            f"parameter 'filter_func' must be {what}, got unknown filter {_show(items[0])}"
+        )
     if kind == "BUTTERWORTH":
         if len(items) != 2:
             raise ParameterError(
@@ -470,11 +478,14 @@ def _check_filter(value: Any) -> FilterSpec:
         order = _check_float("filter_func", items[1], positive=True)
         return FilterSpec(kind=kind, order=order)
     if len(items) != 1:
-        raise ParameterError(f"parameter 'filter_func' must be {what}; {kind} takes no arguments, got {_show(value)}")
+        raise ParameterError(
+            f"parameter 'filter_func' must be {what}; {kind} takes no arguments, "
+            f"got {_show(value)}"
+        )
     return FilterSpec(kind=kind)
 
 
-def _check_mtf(value: Any) -> tuple[MtfTerm, ...]:
+def _check_mtf(name: str, value: Any) -> tuple[MtfTerm, ...]:
     what = 'a non-empty list of terms ["CONSTANT", A], ["GAUSSIAN", A, B] or ["LORENTZIAN", A, B]'
     terms = _check_list("mtf", value, what)
     if not terms:
@@ -591,7 +602,8 @@ def expand_names(
         )
     if first > last:
         raise ParameterError(
-            f"parameter '{prefix}_first' ({first}) must not be greater than '{prefix}_last' ({last})"
+            f"parameter '{prefix}_first' ({first}) must not be greater than "
+            f"'{prefix}_last' ({last})"
         )
     excluded = set(exclude)
     outside = sorted(i for i in excluded if not first <= i <= last)
@@ -689,6 +701,10 @@ def parse_parameters(
         path_text = _check_str("path", given["path"], "a folder name (string)")
         base = normalise_path(path_text, base)
 
+    def take(key: str, check, default=None, **options):
+        """``check(key, value, **options)`` of a given parameter, else ``default``."""
+        return check(key, given[key], **options) if key in given else default
+
     values: dict[str, Any] = {"basepath": base, "raw": raw}
     values["parameter_file"] = str(parameter_file) if parameter_file is not None else None
 
@@ -704,25 +720,22 @@ def parse_parameters(
         ("output_series", False),
         ("output_series_as_dataset", False),
     ):
-        values[key] = _check_bool(key, given[key]) if key in given else default
+        values[key] = take(key, _check_bool, default)
     # the reference program writes the aligned ROIs by default when only aligning
-    values["output_aligned"] = (
-        _check_bool("output_aligned", given["output_aligned"])
-        if "output_aligned" in given
-        else values["only_align"]
-    )
+    values["output_aligned"] = take("output_aligned", _check_bool, values["only_align"])
 
     # --- sizes, regions, calibration ----------------------------------------
     for key in ("object_size", "empty_size", "binning"):
-        values[key] = _check_int(key, given[key], positive=True) if key in given else None
-    values["sampling_nm"] = _check_float("sampling", given["sampling"], positive=True) if "sampling" in given else None
-    values["voltage_kV"] = _check_float("voltage", given["voltage"], positive=True) if "voltage" in given else None
-    values["roi"] = _check_roi("roi", given["roi"]) if "roi" in given else None
+        values[key] = take(key, _check_int, positive=True)
+    values["sampling_nm"] = take("sampling", _check_float, positive=True)
+    values["voltage_kV"] = take("voltage", _check_float, positive=True)
+    values["roi"] = take("roi", _check_roi)
     values["align_roi"] = None
     if "align_roi" in given:
         if given["align_roi"] is None:
             warnings.warn(
-                "setting 'align_roi' to null is deprecated; set 'enable_raw_alignment' to false instead",
+                "setting 'align_roi' to null is deprecated; "
+                "set 'enable_raw_alignment' to false instead",
                 DeprecationWarning,
                 stacklevel=3,
             )
@@ -738,12 +751,18 @@ def parse_parameters(
     sideband_what = "[x, y]: two numbers (pixel position in the centred FFT)"
     sideband = _check_list("sideband_pos", given["sideband_pos"], sideband_what)
     if len(sideband) != 2:
-        raise ParameterError(f"parameter 'sideband_pos' must be {sideband_what}, got {_show(sideband)}")
-    values["sideband_pos_px"] = tuple(_check_number("sideband_pos", v, sideband_what) for v in sideband)
+        raise ParameterError(
+            f"parameter 'sideband_pos' must be {sideband_what}, got {_show(sideband)}"
+        )
+    values["sideband_pos_px"] = tuple(
+        _check_number("sideband_pos", v, sideband_what) for v in sideband
+    )
 
     # --- cut-off and filters ------------------------------------------------
     if "cut_off" in given and "cut_off2" in given:
-        raise ParameterError("parameters 'cut_off' and 'cut_off2' exclude each other; give only one")
+        raise ParameterError(
+            "parameters 'cut_off' and 'cut_off2' exclude each other; give only one"
+        )
     if "cut_off" in given:
         cut_off_per_nm = _check_float("cut_off", given["cut_off"], positive=True)
         values["cut_off2_per_nm2"] = np.eye(2) * cut_off_per_nm**2
@@ -758,61 +777,76 @@ def parse_parameters(
         default_align_cut_off = float(np.sqrt(np.linalg.det(values["cut_off2_per_nm2"])))
     else:
         raise ParameterError(
-            "parameter 'cut_off' (sideband radius in 1/nm) or 'cut_off2' (2x2 matrix in 1/nm^2) is required"
+            "parameter 'cut_off' (sideband radius in 1/nm) or 'cut_off2' "
+            "(2x2 matrix in 1/nm^2) is required"
         )
-    values["align_cut_off_per_nm"] = (
-        _check_float("align_cut_off", given["align_cut_off"], positive=True)
-        if "align_cut_off" in given
-        else default_align_cut_off
+    values["align_cut_off_per_nm"] = take(
+        "align_cut_off", _check_float, default_align_cut_off, positive=True
     )
-    values["filter_func"] = _check_filter(given["filter_func"]) if "filter_func" in given else FilterSpec()
-    values["mtf"] = _check_mtf(given["mtf"]) if "mtf" in given else None
-
-    values["defocus_first_nm"] = _check_float("defocus_first", given["defocus_first"]) if "defocus_first" in given else 0.0
-    values["defocus_step_nm"] = _check_float("defocus_step", given["defocus_step"]) if "defocus_step" in given else 0.0
+    values["filter_func"] = take("filter_func", _check_filter, FilterSpec())
+    values["mtf"] = take("mtf", _check_mtf)
+    values["defocus_first_nm"] = take("defocus_first", _check_float, 0.0)
+    values["defocus_step_nm"] = take("defocus_step", _check_float, 0.0)
 
     # --- series ---------------------------------------------------------------
     def series(prefix: str) -> SeriesSpec:
         names = given[f"{prefix}_names"]
         # first/last/exclude are checked even where a list of names ignores them
-        first = _check_int(f"{prefix}_first", given[f"{prefix}_first"]) if f"{prefix}_first" in given else None
-        last = _check_int(f"{prefix}_last", given[f"{prefix}_last"]) if f"{prefix}_last" in given else None
-        exclude = _check_exclude(f"{prefix}_exclude", given[f"{prefix}_exclude"]) if f"{prefix}_exclude" in given else ()
+        first = take(f"{prefix}_first", _check_int)
+        last = take(f"{prefix}_last", _check_int)
+        exclude = take(f"{prefix}_exclude", _check_exclude, ())
         if isinstance(names, (list, tuple)):
             return expand_names(f"{prefix}_names", names, None, None, (), base)
         return expand_names(f"{prefix}_names", names, first, last, exclude, base)
 
     values["object_series"] = series("object") if "object_names" in given else None
     if values["object_series"] is not None and values["object_size"] is None:
-        raise ParameterError("parameter 'object_size' (positive integer, px) is required with 'object_names'")
+        raise ParameterError(
+            "parameter 'object_size' (positive integer, px) is required with 'object_names'"
+        )
 
     values["camera_distortions"] = None
     if "camera_distortions" in given:
         what = "[x-file, y-file]: two file names"
         pair = _check_list("camera_distortions", given["camera_distortions"], what)
         if len(pair) != 2:
-            raise ParameterError(f"parameter 'camera_distortions' must be {what}, got {_show(pair)}")
-        values["camera_distortions"] = tuple(_check_spec("camera_distortions", p, base) for p in pair)
-    values["empty_override"] = _check_spec("empty_override", given["empty_override"], base) if "empty_override" in given else None
+            raise ParameterError(
+                f"parameter 'camera_distortions' must be {what}, got {_show(pair)}"
+            )
+        values["camera_distortions"] = tuple(
+            _check_spec("camera_distortions", p, base) for p in pair
+        )
+    values["empty_override"] = take("empty_override", _check_spec, basepath=base)
     values["empty_series"] = series("empty") if "empty_names" in given else None
     if values["synthesize_empty"]:
         if values["camera_distortions"] is None:
             raise ParameterError(
-                "parameter 'camera_distortions' ([x-file, y-file]) is required with 'synthesize_empty'"
+                "parameter 'camera_distortions' ([x-file, y-file]) is required "
+                "with 'synthesize_empty'"
             )
         for key in ("empty_override", "empty_series"):
             if values[key] is not None:
                 what = "empty_names" if key == "empty_series" else key
-                warnings.warn(f"parameter '{what}' is ignored because 'synthesize_empty' is true", UserWarning, stacklevel=3)
+                warnings.warn(
+                    f"parameter '{what}' is ignored because 'synthesize_empty' is true",
+                    UserWarning,
+                    stacklevel=3,
+                )
                 values[key] = None
     elif values["empty_override"] is not None and values["empty_series"] is not None:
-        warnings.warn("parameter 'empty_names' is ignored because 'empty_override' is given", UserWarning, stacklevel=3)
+        warnings.warn(
+            "parameter 'empty_names' is ignored because 'empty_override' is given",
+            UserWarning,
+            stacklevel=3,
+        )
         values["empty_series"] = None
     if values["empty_size"] is None:
         values["empty_size"] = values["object_size"]
-    if values["empty_size"] is None and (values["empty_series"] is not None or values["synthesize_empty"]):
+    needs_empty_size = values["empty_series"] is not None or values["synthesize_empty"]
+    if values["empty_size"] is None and needs_empty_size:
         raise ParameterError(
-            "parameter 'empty_size' (or 'object_size') is required to reconstruct the empty holograms"
+            "parameter 'empty_size' (or 'object_size') is required to reconstruct "
+            "the empty holograms"
         )
     if (
         values["object_series"] is None
@@ -829,26 +863,28 @@ def parse_parameters(
     if "output" in given:
         if "output_name" in given:
             raise ParameterError(
-                "parameters 'output' (deprecated) and 'output_name' are both given; keep only 'output_name'"
+                "parameters 'output' (deprecated) and 'output_name' are both given; "
+                "keep only 'output_name'"
             )
-        warnings.warn("parameter 'output' is deprecated; use 'output_name'", DeprecationWarning, stacklevel=3)
-        values["output_name"] = _check_path("output", given["output"], base)
+        warnings.warn(
+            "parameter 'output' is deprecated; use 'output_name'", DeprecationWarning, stacklevel=3
+        )
+        values["output_name"] = take("output", _check_path, basepath=base)
     elif "output_name" in given:
-        values["output_name"] = _check_path("output_name", given["output_name"], base)
+        values["output_name"] = take("output_name", _check_path, basepath=base)
     elif parameter_file is not None:
         values["output_name"] = str(parameter_file.with_suffix(".hdf5"))
     else:
         values["output_name"] = None
-    if parameter_file is not None and values["output_name"] is not None and _same_file(values["output_name"], parameter_file):
+    output_name = values["output_name"]
+    if parameter_file is not None and output_name and _same_file(output_name, parameter_file):
         raise ParameterError(
             f"parameter 'output_name' ({values['output_name']}) would overwrite the parameter file "
             "itself; set 'output_name' to another file"
         )
-    values["output_prefix"] = _check_str("output_prefix", given["output_prefix"]) if "output_prefix" in given else ""
-    values["output_qpimage"] = _check_path("output_qpimage", given["output_qpimage"], base) if "output_qpimage" in given else None
-    values["outlier_cutoff"] = (
-        _check_float("outlier_cutoff", given["outlier_cutoff"], positive=True) if "outlier_cutoff" in given else None
-    )
+    values["output_prefix"] = take("output_prefix", _check_str, "")
+    values["output_qpimage"] = take("output_qpimage", _check_path, basepath=base)
+    values["outlier_cutoff"] = take("outlier_cutoff", _check_float, positive=True)
     return HoloParams(**values)
 
 
