@@ -79,7 +79,7 @@ class SeriesSpec:
     indices: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HoloParams:
     """All parameters of a run, validated, with defaults applied.
 
