@@ -70,7 +70,7 @@ def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None):
     if plan is None:
         template = pyfftw.empty_aligned(shape, dtype=dtype)
         builder = getattr(pyfftw.builders, kind)
-        kwargs = dict(threads=_fft_threads, planner_effort=_planner_effort, overwrite_input=False)
+        kwargs = dict(threads=_fft_threads, planner_effort=_planner_effort)
         if out_shape is not None:
             kwargs["s"] = out_shape
         plan = builder(template, **kwargs)

@@ -1,0 +1,495 @@
+"""The whole reconstruction as Dask graphs: ``holodask run``.
+
+Stages (each frame is one chunk; no stage gathers the frames on the client):
+
+1. empty wave: averaged from an empty series, read from ``empty_override``,
+   synthesised from ``camera_distortions``, or none (ones);
+2. raw alignment of the object series: consecutive holograms phase-correlated
+   in parallel inside ``align_roi``, shifts summed along the series;
+3. the ROI cut out of each hologram following its drift (``aligned_rois``);
+4. reconstruction of each ROI and normalisation by the empty wave;
+5. iterative averaging (:func:`holodask.average.average_series`) or, for one
+   hologram, propagation to Gaussian focus;
+6. the output file in the reference layout (``data``, ``variance``, ``empty``,
+   ``series``, ``aligned_rois``), written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from holodask.align import alignment_grid, correlate_spectra, correlation_mask
+from holodask.average import average_series, scheduler_of
+from holodask.errors import DataError, InputFileError, ParameterError
+from holodask import fft
+from holodask.optics import carrier_per_nm, fourier_rescale, propagate
+from holodask.params import HoloParams, load_parameters
+from holodask.reconstruct import (
+    SidebandGeometry,
+    extract_roi,
+    moved_roi,
+    reconstruct_hologram,
+    sideband_geometry,
+)
+
+__all__ = ["run", "EMPTY_ITERATIONS", "OBJECT_ITERATIONS", "DEFOCUS_START"]
+
+log = logging.getLogger("holodask")
+
+EMPTY_ITERATIONS = 4
+OBJECT_ITERATIONS = 7
+DEFOCUS_START = 4
+#: fraction of saturated pixels above which a frame is reported
+SATURATION_FRACTION = 1e-3
+
+
+# ------------------------------------------------------------------ opening series
+
+
+def _open(series_spec, params: HoloParams) -> xr.DataArray:
+    """Open a SeriesSpec as a lazy (frame, y, x) DataArray with series indices."""
+    from holodask import series as series_module
+
+    open_frames = getattr(series_module, "open_frames", None)
+    if open_frames is not None:
+        return open_frames(series_spec, params, basepath=params.basepath)
+    return series_module.open_series(list(series_spec.specs), params, indices=list(series_spec.indices),
+                                     basepath=params.basepath)
+
+
+def _sampling(array: xr.DataArray, params: HoloParams, what: str) -> float:
+    sampling = params.sampling_nm if params.sampling_nm is not None else array.attrs.get("sampling_nm")
+    if sampling is None or not np.isfinite(sampling) or sampling <= 0:
+        raise ParameterError(
+            f"sampling: the {what} files carry no pixel size; give the parameter 'sampling' in nm"
+        )
+    return float(sampling)
+
+
+def _check_roi(roi, shape, name: str) -> tuple[int, int, int, int]:
+    height, width = shape
+    if roi is None:
+        return (0, 0, width, height)
+    left, top, right, bottom = (int(v) for v in roi)
+    if right <= left or bottom <= top:
+        raise ParameterError(
+            f"{name}: [{left}, {top}, {right}, {bottom}] is empty or inverted; "
+            "expected [left, top, right, bottom] with right > left and bottom > top"
+        )
+    if left < 0 or top < 0 or right > width or bottom > height:
+        raise ParameterError(
+            f"{name}: [{left}, {top}, {right}, {bottom}] reaches outside the "
+            f"{width} x {height} px image"
+        )
+    return (left, top, right, bottom)
+
+
+def _check_sideband(params: HoloParams, shape) -> None:
+    height, width = shape
+    x, y = params.sideband_pos_px
+    if not (0 <= x < width and 0 <= y < height):
+        raise ParameterError(
+            f"sideband_pos: [{x:g}, {y:g}] lies outside the {width} x {height} px Fourier transform "
+            "of the holograms; expected 0 <= x < width and 0 <= y < height"
+        )
+
+
+# ------------------------------------------------------------------ per-frame tasks
+
+
+def _frame_label(block_info, frame_index) -> str:
+    if block_info is None or 0 not in block_info:
+        return "a frame"
+    k = block_info[0]["chunk-location"][0]
+    return f"frame {int(frame_index[k])}"
+
+
+def _check_finite(frame: np.ndarray, block_info, frame_index, source: str) -> None:
+    if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
+        raise DataError(f"{_frame_label(block_info, frame_index)} of {source} holds NaN or Inf pixels")
+
+
+def _align_spectrum_block(block, region, frame_index, source, block_info=None):
+    frame = block[0]
+    _check_finite(frame, block_info, frame_index, source)
+    left, top, right, bottom = region
+    return fft.rfft2(frame[top:bottom, left:right].astype(np.float32))[None]
+
+
+def _correlate_block(previous, current, mask, shape):
+    dx, dy = correlate_spectra(previous[0], current[0], mask, shape)
+    return np.array([[dx, dy]], dtype=np.int64)
+
+
+def _roi_block(block, shifts, roi):
+    return extract_roi(block[0], roi, shifts[0, 0])[None]
+
+
+def _saturation_block(block):
+    frame = block[0]
+    if frame.dtype.kind in "iu":
+        count = int(np.count_nonzero(frame == np.iinfo(frame.dtype).max))
+    else:
+        count = 0
+    return np.array([count], dtype=np.int64)
+
+
+def _reconstruct_block(block, shifts, geometry: SidebandGeometry, big_empty, roi, frame_index, source,
+                       out_shape, block_info=None):
+    frame = block[0]
+    _check_finite(frame, block_info, frame_index, source)
+    wave = reconstruct_hologram(frame, geometry)
+    if big_empty is not None:
+        wave = _normalise(wave, big_empty, roi, shifts[0, 0], out_shape)
+    return wave[None]
+
+
+def _normalise(wave, big_empty, roi, shift_xy, out_shape):
+    """Divide a reconstruction by the empty wave under its drift-moved ROI."""
+    left, top, right, bottom = moved_roi(roi, shift_xy)
+    roi_shape = (bottom - top, right - left)
+    big = fourier_rescale(wave, roi_shape)
+    height, width = big_empty.shape
+    y0, x0 = max(0, top), max(0, left)
+    y1, x1 = min(height, bottom), min(width, right)
+    if y1 > y0 and x1 > x0:
+        big[y0 - top:y1 - top, x0 - left:x1 - left] /= big_empty[y0:y1, x0:x1]
+    return fourier_rescale(big, out_shape).astype(np.complex64)
+
+
+def _reconstruct_empty_block(block, geometry, frame_index, source, block_info=None):
+    frame = block[0]
+    _check_finite(frame, block_info, frame_index, source)
+    return reconstruct_hologram(frame, geometry)[None]
+
+
+# ------------------------------------------------------------------ stages
+
+
+@dataclass
+class _Empty:
+    wave: np.ndarray | None  # complex64 (empty_size, empty_size) or None (no empty)
+    attrs: dict
+    write: bool
+
+
+def _geometry(params: HoloParams, image_shape, camera_shape, sampling, out_size, binning, use_mtf=True):
+    carrier = carrier_per_nm(params.sideband_pos_px, camera_shape, sampling)
+    return sideband_geometry(
+        image_shape, sampling, carrier, (out_size, out_size), params.cut_off2_per_nm2,
+        params.filter_func, params.mtf if use_mtf else None, binning,
+    )
+
+
+def _empty_size(params: HoloParams) -> int:
+    size = params.empty_size if params.empty_size is not None else params.object_size
+    if size is None:
+        raise ParameterError("empty_size: needed (or object_size) to reconstruct the empty wave")
+    return int(size)
+
+
+def _read_complex_wave(spec: str, params: HoloParams) -> np.ndarray:
+    """A reconstructed wave given as a file spec (HDF5 compound r/i or any reader)."""
+    from holodask.io.registry import parse_spec
+
+    file_spec = parse_spec(spec, params.basepath)
+    if not Path(file_spec.path).exists():
+        raise InputFileError(f"empty_override: file {file_spec.path} does not exist")
+    if file_spec.type in ("hdf5", "h5") and "dataset" in file_spec.options:
+        import h5py
+
+        from holodask.io.holo_hdf5 import read_complex
+
+        try:
+            with h5py.File(file_spec.path, "r") as f:
+                name = file_spec.options["dataset"]
+                if name not in f:
+                    raise InputFileError(f"empty_override: {file_spec.path} has no dataset {name!r}")
+                wave = read_complex(f[name])
+        except OSError as exc:
+            raise InputFileError(f"empty_override: cannot read {file_spec.path} ({exc})") from None
+    else:
+        from holodask import series as series_module
+
+        wave = np.asarray(series_module.open_series(spec, basepath=params.basepath)[0].values)
+    wave = np.asarray(wave)
+    if wave.ndim != 2:
+        raise InputFileError(f"empty_override: {file_spec.path} holds a {wave.ndim}-D array, expected a 2-D wave")
+    return wave.astype(np.complex64)
+
+
+def _empty_stage(params: HoloParams, objects: xr.DataArray | None, scheduler, client) -> _Empty:
+    from holodask.io.holo_hdf5 import hologram_attrs, standard_attrs
+
+    if params.only_align:
+        return _Empty(None, {}, False)
+    if params.synthesize_empty:
+        return _synthesized_empty(params, objects)
+    if params.empty_override:
+        wave = _read_complex_wave(params.empty_override, params)
+        return _Empty(wave, {}, False)
+    if params.empty_series is None:
+        return _Empty(None, {}, False)
+
+    empties = _open(params.empty_series, params)
+    size = _empty_size(params)
+    sampling = _sampling(empties, params, "empty")
+    shape = tuple(empties.shape[1:])
+    _check_sideband(params, shape)
+    binning = int(empties.attrs.get("binning") or 1)
+    geometry = _geometry(params, shape, shape, sampling, size, binning)
+    frame_index = np.asarray(empties["frame"].values)
+    source = empties.attrs.get("source") or "the empty series"
+    stack = empties.data.map_blocks(
+        _reconstruct_empty_block, geometry, frame_index, source,
+        chunks=((1,) * empties.shape[0], (size,), (size,)), dtype=np.complex64,
+    )
+    attrs = standard_attrs(params, sampling_nm=geometry.sampling_out_nm[::-1], carrier_per_nm=geometry.carrier_per_nm,
+                           voltage_kV=empties.attrs.get("voltage_kV"), binning=binning,
+                           microscope=empties.attrs.get("microscope"), detector=empties.attrs.get("detector"))
+    for key in ("roi", "align_roi", "align_cut_off"):
+        attrs.pop(key, None)
+    if empties.shape[0] > 1:
+        grid = alignment_grid((size, size), geometry.sampling_out_nm, empties.attrs.get("voltage_kV"))
+        result = average_series(stack, grid, None, iterations=EMPTY_ITERATIONS, fit_shift=False,
+                                fit_tilt=params.adjust_tilt, fit_defocus=False, variance=False, client=client)
+        wave = result.wave
+        attrs.update(hologram_attrs(shift_nm=result.shifts_nm[:, ::-1], tilt_per_nm=result.tilts_per_nm[:, ::-1],
+                                    defocus_nm=result.defocus_nm, factor=result.factors, error=result.errors,
+                                    convergence=result.convergence, frame_index=frame_index))
+    else:
+        wave = np.asarray(stack[0].compute(scheduler=scheduler))
+    return _Empty(wave.astype(np.complex64), attrs, True)
+
+
+def _synthesized_empty(params: HoloParams, objects: xr.DataArray | None) -> _Empty:
+    from holodask import series as series_module
+    from holodask.io.holo_hdf5 import standard_attrs
+
+    if params.camera_distortions is None:
+        raise ParameterError("camera_distortions: needed with synthesize_empty (two files: x and y distortions)")
+    distortions = []
+    for spec in params.camera_distortions:
+        array = series_module.open_series(spec, basepath=params.basepath)
+        distortions.append(np.asarray(array[0].values, dtype=np.float64))
+    if distortions[0].shape != distortions[1].shape:
+        raise InputFileError(
+            f"camera_distortions: the x and y distortion arrays differ in shape "
+            f"({distortions[0].shape} and {distortions[1].shape})"
+        )
+    if params.sampling_nm is not None:
+        sampling = float(params.sampling_nm)
+    elif objects is not None:
+        sampling = _sampling(objects, params, "object")
+    else:
+        raise ParameterError("sampling: needed to synthesise the empty wave without object files")
+    shape = distortions[0].shape
+    _check_sideband(params, shape)
+    size = _empty_size(params)
+    carrier_px = ((params.sideband_pos_px[0] - shape[1] // 2) / shape[1],
+                  (params.sideband_pos_px[1] - shape[0] // 2) / shape[0])
+    rx = np.arange(shape[1]).reshape(1, -1)
+    ry = np.arange(shape[0]).reshape(-1, 1)
+    hologram = np.cos(2 * np.pi * ((rx + distortions[0]) * carrier_px[0] + (ry + distortions[1]) * carrier_px[1]))
+    geometry = _geometry(params, shape, shape, sampling, size, 1, use_mtf=False)
+    wave = reconstruct_hologram(hologram.astype(np.float32), geometry)
+    attrs = standard_attrs(params, sampling_nm=geometry.sampling_out_nm[::-1], carrier_per_nm=geometry.carrier_per_nm)
+    for key in ("roi", "align_roi", "align_cut_off"):
+        attrs.pop(key, None)
+    return _Empty(wave, attrs, True)
+
+
+def _raw_alignment(objects: xr.DataArray, params: HoloParams, region, sampling, scheduler):
+    """Cumulated integer drift (N, 2) (x, y) of every frame relative to the first."""
+    n_frames = objects.shape[0]
+    if not params.enable_raw_alignment or n_frames < 2:
+        return np.zeros((n_frames, 2), dtype=np.int64)
+    left, top, right, bottom = region
+    shape = (bottom - top, right - left)
+    half = (shape[0], shape[1] // 2 + 1)
+    frame_index = np.asarray(objects["frame"].values)
+    source = objects.attrs.get("source") or "the object series"
+    spectra = objects.data.map_blocks(
+        _align_spectrum_block, region, frame_index, source,
+        chunks=((1,) * n_frames, (half[0],), (half[1],)), dtype=np.complex64,
+    )
+    cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm
+    mask = correlation_mask(shape, sampling, cut_off)
+    steps = da.map_blocks(
+        _correlate_block, spectra[:-1], spectra[1:], mask, shape,
+        chunks=((1,) * (n_frames - 1), (2,)), drop_axis=2, dtype=np.int64,
+    )
+    steps = np.asarray(steps.compute(scheduler=scheduler))
+    shifts = np.zeros((n_frames, 2), dtype=np.int64)
+    shifts[1:] = np.cumsum(steps, axis=0)
+    log.info("raw alignment: drift of the last frame %s px (x, y)", shifts[-1].tolist())
+    return shifts
+
+
+def _warn_saturation(counts, frame_index, pixels: int) -> None:
+    saturated = [int(i) for i, c in zip(frame_index, counts) if c > SATURATION_FRACTION * pixels]
+    if saturated:
+        shown = ", ".join(str(i) for i in saturated[:20]) + (" ..." if len(saturated) > 20 else "")
+        warnings.warn(f"frames {shown} have many saturated pixels (at the maximum of their integer type)")
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _output_path(params: HoloParams) -> Path:
+    if not params.output_name:
+        raise ParameterError("output_name: an output file name is required")
+    return Path(params.output_name)
+
+
+def run(params, basepath=None, client=None) -> xr.Dataset:
+    """Reconstruct and average as the parameters say and write the output file.
+
+    Parameters
+    ----------
+    params : HoloParams, parameter file path, ``"-"`` or dict.
+    basepath : folder relative paths are taken from (when ``params`` is not a HoloParams).
+    client : ``dask.distributed.Client`` to run on (None: local threads).
+
+    Returns
+    -------
+    xarray.Dataset of the written results (see :func:`holodask.results.open_result`).
+    """
+    from holodask.io.holo_hdf5 import HoloOutputFile, hologram_attrs, standard_attrs
+
+    if not isinstance(params, HoloParams):
+        params = load_parameters(params, basepath)
+    output = _output_path(params)
+    scheduler = scheduler_of(client)
+    if params.object_series is None and params.empty_series is None and not params.synthesize_empty:
+        raise ParameterError("object_names: nothing to do (neither object_names nor empty_names given)")
+
+    objects = _open(params.object_series, params) if params.object_series is not None else None
+    if objects is not None and objects.shape[0] == 0:
+        raise ParameterError("object_names: the series is empty (every hologram excluded by object_exclude)")
+    if objects is not None and not params.only_align:
+        if params.object_size is None:
+            raise ParameterError("object_size: required with object_names")
+        camera_shape = tuple(objects.shape[1:])
+        _check_sideband(params, camera_shape)
+        roi = _check_roi(params.roi, camera_shape, "roi")
+        sampling = _sampling(objects, params, "object")
+        binning = int(objects.attrs.get("binning") or 1)
+        geometry = _geometry(params, (roi[3] - roi[1], roi[2] - roi[0]), camera_shape, sampling,
+                             int(params.object_size), binning)
+
+    with HoloOutputFile(output, prefix=params.output_prefix) as out:
+        empty = _empty_stage(params, objects, scheduler, client)
+        if empty.write and empty.wave is not None:
+            out.write_dataset("empty", empty.wave, empty.attrs)
+        if objects is not None:
+            _object_stage(params, objects, empty, out, scheduler, client, standard_attrs, hologram_attrs)
+
+    try:
+        from holodask.results import open_result
+    except ImportError:  # pragma: no cover - results module not merged
+        return xr.Dataset()
+    return open_result(output, params.output_prefix).load()
+
+
+def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs, hologram_attrs):
+    n_frames = objects.shape[0]
+    camera_shape = tuple(int(s) for s in objects.shape[1:])
+    frame_index = np.asarray(objects["frame"].values)
+    source = objects.attrs.get("source") or "the object series"
+    roi = _check_roi(params.roi, camera_shape, "roi")
+    align_region = _check_roi(params.align_roi_or_roi, camera_shape, "align_roi")
+    sampling = _sampling(objects, params, "object") if (params.enable_raw_alignment or not params.only_align) else 1.0
+    voltage = objects.attrs.get("voltage_kV")
+    binning = int(objects.attrs.get("binning") or 1)
+
+    shifts = _raw_alignment(objects, params, align_region, sampling, scheduler)
+    shifts_da = da.from_array(shifts.reshape(n_frames, 1, 2), chunks=(1, 1, 2))
+    roi_shape = (roi[3] - roi[1], roi[2] - roi[0])
+    rois = da.map_blocks(
+        _roi_block, objects.data, shifts_da, roi,
+        chunks=((1,) * n_frames, (roi_shape[0],), (roi_shape[1],)), dtype=objects.dtype,
+    )
+    base_attrs = dict(
+        voltage_kV=voltage, binning=binning, microscope=objects.attrs.get("microscope"),
+        detector=objects.attrs.get("detector"), roi=roi,
+        align_roi=align_region if params.enable_raw_alignment else None,
+    )
+    raw_attrs = hologram_attrs(raw_shift_px=shifts, frame_index=frame_index)
+    if params.output_aligned or params.only_align:
+        attrs = standard_attrs(params, sampling_nm=sampling, offset_nm=(roi[0] * sampling, roi[1] * sampling),
+                               **base_attrs)
+        attrs.update(raw_attrs)
+        out.write_frames("aligned_rois", _frames(rois, scheduler), attrs, as_dataset=params.output_series_as_dataset)
+    if params.only_align:
+        return
+
+    size = int(params.object_size)
+    geometry = _geometry(params, roi_shape, camera_shape, sampling, size, binning)
+    if empty.wave is not None:
+        big_empty = fourier_rescale(empty.wave, camera_shape)
+        if params.only_phase:
+            big_empty = np.exp(1j * np.angle(big_empty)).astype(np.complex64)
+    else:
+        # the reference divides by a wave of ones brought to the camera size
+        e_size = _empty_size(params)
+        big_empty = np.full(camera_shape, e_size * e_size / (camera_shape[0] * camera_shape[1]), np.complex64)
+        if params.only_phase:
+            big_empty = np.ones(camera_shape, np.complex64)
+    big_empty_d = dask.delayed(big_empty, pure=True)
+    stack = da.map_blocks(
+        _reconstruct_block, rois, shifts_da, geometry, big_empty_d, roi, frame_index, source, (size, size),
+        chunks=((1,) * n_frames, (size,), (size,)), dtype=np.complex64,
+    )
+    saturation = rois.map_blocks(_saturation_block, chunks=((1,) * n_frames,), drop_axis=(1, 2), dtype=np.int64)
+    stack, saturation = dask.persist(stack, saturation, scheduler=scheduler)
+    _warn_saturation(np.asarray(saturation.compute(scheduler=scheduler)), frame_index, roi_shape[0] * roi_shape[1])
+
+    sampling_out = geometry.sampling_out_nm  # (y, x)
+    attrs = standard_attrs(params, sampling_nm=sampling_out[::-1], carrier_per_nm=geometry.carrier_per_nm,
+                           **base_attrs)
+    if params.enable_raw_alignment:
+        attrs["align_cut_off"] = float(params.align_cut_off_per_nm or params.cut_off_per_nm)
+    else:
+        attrs.pop("align_cut_off", None)
+    if params.output_series:
+        series_attrs = dict(attrs)
+        series_attrs.update(raw_attrs)
+        out.write_frames("series", _frames(stack, scheduler), series_attrs, as_dataset=params.output_series_as_dataset)
+
+    defocus = np.asarray(objects["defocus_nm"].values, dtype=float)
+    needs_voltage = params.adjust_defocus or np.any(defocus != 0)
+    if needs_voltage and not voltage:
+        raise ParameterError("voltage: needed for defocus (the files carry no voltage); give the parameter 'voltage' in kV")
+    if n_frames > 1:
+        grid = alignment_grid((size, size), sampling_out, voltage)
+        result = average_series(stack, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
+                                fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
+                                defocus_start=DEFOCUS_START, variance=True, client=client)
+        attrs.update(hologram_attrs(
+            shift_nm=result.shifts_nm[:, ::-1], tilt_per_nm=result.tilts_per_nm[:, ::-1],
+            defocus_nm=result.defocus_nm, factor=result.factors, error=result.errors,
+            raw_shift_px=shifts, convergence=result.convergence, frame_index=frame_index,
+        ))
+        out.write_dataset("data", result.wave, attrs)
+        out.write_dataset("variance", result.variance, attrs)
+    else:
+        wave = np.asarray(stack[0].compute(scheduler=scheduler))
+        wave = propagate(wave, float(defocus[0]), voltage or 300.0, sampling_out)
+        attrs.update(hologram_attrs(raw_shift_px=shifts, frame_index=frame_index))
+        out.write_dataset("data", wave, attrs)
+
+
+def _frames(stack: da.Array, scheduler):
+    """Compute and yield the frames of a stack one at a time."""
+    for k in range(stack.shape[0]):
+        yield np.asarray(stack[k].compute(scheduler=scheduler))
