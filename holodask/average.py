@@ -153,6 +153,32 @@ def _sum_real(*arrays):
     return total
 
 
+def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
+    """Fix the free position and focus of the average.
+
+    A common shift (or defocus) of all frames, with the average moved the
+    opposite way, fits equally well; noise lets it wander from round to round.
+    The average is kept at the first frame's position (the ROI is defined
+    there) and at the mean nominal focus: the first frame's shift and the mean
+    defocus offset from the nominal values are subtracted from every frame and
+    the average spectrum moved accordingly, which is exact (both act in
+    Fourier space only).
+    """
+    states = states.copy()
+    phase = np.zeros(grid.shape, dtype=np.float64)
+    if shifts:
+        shift0 = states[0, 2:4].copy()
+        states[:, 2:4] -= shift0
+        phase = phase + 2.0 * np.pi * (shift0[0] * grid.qy + shift0[1] * grid.qx)
+    if defocus:
+        offset = float(np.mean(states[:, 6] - nominal_defocus))
+        states[:, 6] -= offset
+        phase = phase - np.pi * grid.wavelength_nm * offset * grid.q2
+    if shifts or defocus:
+        average = (average * np.exp(1j * phase)).astype(np.complex64)
+    return states, average
+
+
 def _getitem(obj, index):
     return obj[index]
 
@@ -228,6 +254,7 @@ def average_series(
         norm = float(np.mean(np.hypot(states[:, 0], states[:, 1])))
         states[:, 0:2] /= norm
         average = total * np.complex64(norm / n_frames)
+        states, average = _pin_gauge(states, average, grid, defocus_nm, fit_shift, fit_defocus_now)
 
     average_wave = fft.ifft2(average).astype(np.complex64)
     average_d = delayed(average, pure=True)

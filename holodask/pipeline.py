@@ -182,11 +182,19 @@ class _Empty:
     write: bool
 
 
-def _geometry(params: HoloParams, image_shape, camera_shape, sampling, out_size, binning, use_mtf=True):
+def _single_precision(dtype) -> bool:
+    """Whether the reference computes in single precision for holograms of this dtype."""
+    dtype = np.dtype(dtype)
+    return (dtype.kind in "iub" and dtype.itemsize <= 4) or (dtype.kind == "f" and dtype.itemsize <= 4)
+
+
+def _geometry(params: HoloParams, image_shape, camera_shape, sampling, out_size, binning, use_mtf=True,
+              dtype=np.float64):
     carrier = carrier_per_nm(params.sideband_pos_px, camera_shape, sampling)
     return sideband_geometry(
         image_shape, sampling, carrier, (out_size, out_size), params.cut_off2_per_nm2,
         params.filter_func, params.mtf if use_mtf else None, binning,
+        single_precision_mask=_single_precision(dtype),
     )
 
 
@@ -246,7 +254,7 @@ def _empty_stage(params: HoloParams, objects: xr.DataArray | None, scheduler, cl
     shape = tuple(empties.shape[1:])
     _check_sideband(params, shape)
     binning = int(empties.attrs.get("binning") or 1)
-    geometry = _geometry(params, shape, shape, sampling, size, binning)
+    geometry = _geometry(params, shape, shape, sampling, size, binning, dtype=empties.dtype)
     frame_index = np.asarray(empties["frame"].values)
     source = empties.attrs.get("source") or "the empty series"
     stack = empties.data.map_blocks(
@@ -300,7 +308,7 @@ def _synthesized_empty(params: HoloParams, objects: xr.DataArray | None) -> _Emp
     rx = np.arange(shape[1]).reshape(1, -1)
     ry = np.arange(shape[0]).reshape(-1, 1)
     hologram = np.cos(2 * np.pi * ((rx + distortions[0]) * carrier_px[0] + (ry + distortions[1]) * carrier_px[1]))
-    geometry = _geometry(params, shape, shape, sampling, size, 1, use_mtf=False)
+    geometry = _geometry(params, shape, shape, sampling, size, 1, use_mtf=False, dtype=np.float32)
     wave = reconstruct_hologram(hologram.astype(np.float32), geometry)
     attrs = standard_attrs(params, sampling_nm=geometry.sampling_out_nm[::-1], carrier_per_nm=geometry.carrier_per_nm)
     for key in ("roi", "align_roi", "align_cut_off"):
@@ -424,7 +432,8 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         detector=objects.attrs.get("detector"), roi=roi,
         align_roi=align_region if params.enable_raw_alignment else None,
     )
-    raw_attrs = hologram_attrs(raw_shift_px=shifts, frame_index=frame_index)
+    aligned = params.enable_raw_alignment and n_frames > 1
+    raw_attrs = hologram_attrs(raw_shift_px=shifts if aligned else None, frame_index=frame_index)
     if params.output_aligned or params.only_align:
         attrs = standard_attrs(params, sampling_nm=sampling, offset_nm=(roi[0] * sampling, roi[1] * sampling),
                                **base_attrs)
@@ -434,7 +443,7 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         return
 
     size = int(params.object_size)
-    geometry = _geometry(params, roi_shape, camera_shape, sampling, size, binning)
+    geometry = _geometry(params, roi_shape, camera_shape, sampling, size, binning, dtype=objects.dtype)
     if empty.wave is not None:
         big_empty = fourier_rescale(empty.wave, camera_shape)
         if params.only_phase:
@@ -478,14 +487,14 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         attrs.update(hologram_attrs(
             shift_nm=result.shifts_nm[:, ::-1], tilt_per_nm=result.tilts_per_nm[:, ::-1],
             defocus_nm=result.defocus_nm, factor=result.factors, error=result.errors,
-            raw_shift_px=shifts, convergence=result.convergence, frame_index=frame_index,
+            raw_shift_px=shifts if aligned else None, convergence=result.convergence, frame_index=frame_index,
         ))
         out.write_dataset("data", result.wave, attrs)
         out.write_dataset("variance", result.variance, attrs)
     else:
         wave = np.asarray(stack[0].compute(scheduler=scheduler))
         wave = propagate(wave, float(defocus[0]), voltage or 300.0, sampling_out)
-        attrs.update(hologram_attrs(raw_shift_px=shifts, frame_index=frame_index))
+        attrs.update(raw_attrs)
         out.write_dataset("data", wave, attrs)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from holodask import fft
 from holodask.errors import ParameterError
-from holodask.optics import filter_function, mtf_array, normalised_frequency2
+from holodask.optics import filter_function, mtf_array
 from holodask.params import FilterSpec
 
 __all__ = [
@@ -55,8 +55,25 @@ class SidebandGeometry:
     sampling_out_nm: tuple[float, float]
 
 
-def _shifted_frequencies(n: int, spacing: float) -> np.ndarray:
-    return (np.arange(n) - n // 2) / (n * spacing)
+def _shifted_frequencies(n: int, spacing: float, carrier: float, dtype) -> np.ndarray:
+    """Centred frequencies (1/nm) of an n-point FFT minus the carrier.
+
+    Rounded to ``dtype`` at the same steps as the reference program computes
+    them (float32 for holograms stored as integers of up to 4 bytes or float32),
+    so that an EDGE mask keeps exactly the same pixels on its boundary.
+    """
+    q = (np.arange(n) - n // 2).astype(dtype) / dtype(n)
+    q = (q.astype(np.float64) * (1.0 / spacing)).astype(dtype)
+    return (q - dtype(carrier)).astype(dtype)
+
+
+def _normalised_frequency2(qy: np.ndarray, qx: np.ndarray, cut_off2: np.ndarray) -> np.ndarray:
+    """``g^2`` with the reference's order of operations (float64 result)."""
+    if cut_off2[0, 1] == 0.0 and cut_off2[1, 0] == 0.0:
+        return (qy**2).astype(np.float64) / cut_off2[1, 1] + (qx**2).astype(np.float64) / cut_off2[0, 0]
+    inverse = np.linalg.inv(cut_off2)
+    return ((qy**2).astype(np.float64) * inverse[1, 1] + (qx**2).astype(np.float64) * inverse[0, 0]
+            + (2 * qx * qy).astype(np.float64) * inverse[0, 1])
 
 
 def sideband_geometry(
@@ -68,6 +85,7 @@ def sideband_geometry(
     filter_spec: FilterSpec = FilterSpec(),
     mtf_terms=None,
     binning: int = 1,
+    single_precision_mask: bool = False,
 ) -> SidebandGeometry:
     """Pre-compute the sideband extraction for holograms of ``image_shape``.
 
@@ -81,6 +99,8 @@ def sideband_geometry(
     filter_spec : mask function.
     mtf_terms : MTF terms (None: no MTF deconvolution).
     binning : detector binning (MTF only).
+    single_precision_mask : compute the mask's frequencies as the reference does
+        for holograms stored as integers of up to 4 bytes or float32.
     """
     height, width = int(image_shape[0]), int(image_shape[1])
     ny, nx = int(out_shape[0]), int(out_shape[1])
@@ -117,9 +137,11 @@ def sideband_geometry(
     dst = (dy0, dy0 + (y1 - y0), dx0, dx0 + (x1 - x0))
 
     # mask on the kept pixels, centred on the exact carrier
-    qy = _shifted_frequencies(height, sy)[y0:y1].reshape(-1, 1) - cy
-    qx = _shifted_frequencies(width, sx)[x0:x1].reshape(1, -1) - cx
-    weights = filter_function(normalised_frequency2(qy, qx, cut_off2), filter_spec).astype(np.float64)
+    dtype = np.float32 if single_precision_mask else np.float64
+    qy = _shifted_frequencies(height, sy, cy, dtype)[y0:y1].reshape(-1, 1)
+    qx = _shifted_frequencies(width, sx, cx, dtype)[x0:x1].reshape(1, -1)
+    g2 = _normalised_frequency2(qy, qx, cut_off2)
+    weights = filter_function(g2, filter_spec).astype(np.float64)
     if mtf_terms:
         mtf = np.fft.fftshift(mtf_array(mtf_terms, (height, width), binning))
         weights = weights / mtf[y0:y1, x0:x1]
