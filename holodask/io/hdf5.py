@@ -137,8 +137,8 @@ class HDF5Source(FrameSource):
             sampling = length_to_nm(x_axis.get("scale"), units)
             if sampling is not None:
                 meta.sampling_nm = sampling
-            else:
-                meta.extra["sampling_unit"] = units or ""
+            elif units:  # a unit, but not a length
+                meta.extra["sampling_unit"] = units
                 meta.extra["sampling_scale"] = to_float(x_axis.get("scale"))
         tem = group.get("metadata/Acquisition_instrument/TEM")
         if isinstance(tem, h5py.Group):
