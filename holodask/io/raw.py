@@ -38,6 +38,22 @@ def _int_option(spec: FileSpec, name: str, default: int | None = None, minimum: 
     return value
 
 
+def parse_dtype(text: str) -> np.dtype | None:
+    """Numeric numpy dtype of a type name (``int32``, ``<u2``, ``F4``, ...), or ``None``.
+
+    Upper-case codes such as ``F4`` or ``I2`` (as older programs wrote them) are
+    read as their lower-case numpy codes (float32, int16).
+    """
+    for candidate in (text.strip(), text.strip().lower()):
+        try:
+            dtype = np.dtype(candidate)
+        except (TypeError, ValueError):
+            continue
+        if dtype.kind in "biufc" and dtype.itemsize > 0:
+            return dtype
+    return None
+
+
 @register_reader("raw")
 class RawSource(FrameSource):
     """Frames of a headerless binary file."""
@@ -57,15 +73,12 @@ class RawSource(FrameSource):
                 f"{spec.path}: raw file spec needs the option dtype= "
                 "(a numpy type name such as int32, uint16, float32, F4, complex64)"
             )
-        try:
-            file_dtype = np.dtype(dtype_text.strip())
-        except TypeError:
+        file_dtype = parse_dtype(dtype_text)
+        if file_dtype is None:
             raise InputFileError(
                 f"{spec.path}: raw option dtype={dtype_text!r} is not a numpy type name "
                 "(e.g. int32, uint16, float32, F4, complex64)"
-            ) from None
-        if file_dtype.itemsize == 0 or file_dtype.hasobject:
-            raise InputFileError(f"{spec.path}: raw option dtype={dtype_text!r} has no fixed size")
+            )
         if self.swap_bytes:
             file_dtype = file_dtype.newbyteorder()
         self._file_dtype = file_dtype
