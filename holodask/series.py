@@ -19,7 +19,14 @@ from dask.highlevelgraph import HighLevelGraph
 from holodask.errors import InputFileError, ParameterError
 from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, open_source
 
-__all__ = ["open_series", "open_frames", "open_sources", "read_source_frame", "series_from_sources"]
+__all__ = [
+    "open_series",
+    "open_frames",
+    "open_sources",
+    "series_from_sources",
+    "read_source_frame",
+    "frames_of",
+]
 
 SpecLike = str | os.PathLike | FileSpec
 
