@@ -352,11 +352,15 @@ class HoloOutputFile:
         other dataset and group is kept.
     prefix : str
         Prepended to every name (``output_prefix``); a ``/`` makes subgroups.
+    fresh : bool
+        Start from an empty file instead of a copy of the existing one (the
+        existing file, whatever it holds, is replaced on a clean exit).
     """
 
-    def __init__(self, path, prefix: str = ""):
+    def __init__(self, path, prefix: str = "", *, fresh: bool = False):
         self.path = Path(path)
         self.prefix = (prefix or "").lstrip("/")
+        self.fresh = bool(fresh)
         self._file: h5py.File | None = None
         self._temp_path: Path | None = None
         self._watcher: _TempWatcher | None = None
@@ -377,7 +381,8 @@ class HoloOutputFile:
         """Create the temporary file (a copy of an existing destination)."""
         path = check_output_path(self.path)
         exists = path.exists()
-        if exists and not h5py.is_hdf5(path):
+        copy = exists and not self.fresh
+        if copy and not h5py.is_hdf5(path):
             raise InputFileError(f"output file {path} exists and is not an HDF5 file; "
                                  "remove it or choose another output_name")
         folder = path.parent if str(path.parent) else Path(".")
@@ -390,13 +395,11 @@ class HoloOutputFile:
         self._temp_path = Path(temp_name)
         try:
             self._watcher = _TempWatcher(self._temp_path)
-            if exists:
+            if copy:
                 shutil.copyfile(path, self._temp_path)
-                mode = os.stat(path).st_mode & 0o7777
-            else:
-                mode = 0o666 & ~_umask()
+            mode = os.stat(path).st_mode & 0o7777 if exists else 0o666 & ~_umask()
             os.chmod(self._temp_path, mode)
-            self._file = h5py.File(self._temp_path, "r+" if exists else "w")
+            self._file = h5py.File(self._temp_path, "r+" if copy else "w")
         except BaseException as exc:
             self.abort()
             if isinstance(exc, OSError):
