@@ -286,6 +286,19 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
     return result
 
 
+def result_prefixes(path) -> list[str]:
+    """Prefixes under which ``path`` holds a result (``data`` or ``empty``);
+    empty when it is not a readable HDF5 file or holds none."""
+    path = Path(path)
+    try:
+        if not h5py.is_hdf5(path):
+            return []
+        with h5py.File(path, "r") as f:
+            return _find_prefixes(f)
+    except OSError:
+        return []
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return np.array2string(value, precision=6, separator=", ", threshold=12).replace("\n", "")
@@ -375,4 +388,4 @@ def describe_result(path, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["open_result", "describe_result"]
+__all__ = ["open_result", "describe_result", "result_prefixes"]

@@ -16,7 +16,7 @@ import pytest
 from holodask.errors import InputFileError
 from holodask.io.holo_hdf5 import HoloOutputFile, hologram_attrs, standard_attrs
 from holodask.params import FilterSpec, HoloParams
-from holodask.results import describe_result, open_result
+from holodask.results import describe_result, open_result, result_prefixes
 
 
 def _wave(shape, seed):
@@ -100,6 +100,11 @@ def test_missing_prefix_names_the_ones_present(written):
         open_result(path, prefix="b_")
     with pytest.raises(InputFileError, match="does not exist"):
         open_result(path.parent / "nope.hdf5")
+    assert result_prefixes(path) == ["runs/a_"]
+    (path.parent / "text.hdf5").write_text("no")
+    assert result_prefixes(path.parent / "text.hdf5") == []
+    with pytest.raises(InputFileError, match="not a readable HDF5 file"):
+        open_result(path.parent / "text.hdf5")
 
 
 def test_describe_result(written):
