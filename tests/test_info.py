@@ -110,3 +110,20 @@ def test_info_raw_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sampling:   unknown (give the parameter 'sampling')" in out
     assert "sideband:   [42.0, 20.0]" in out
+
+
+def test_info_on_a_result_file_prints_the_result_summary(tmp_path, capsys):
+    """`holodask info RESULT.hdf5` summarises a result instead of asking for ?dataset=."""
+    import numpy as np
+
+    from holodask.cli import main
+    from holodask.io.holo_hdf5 import HoloOutputFile
+
+    path = tmp_path / "result.hdf5"
+    wave = (np.ones((8, 8)) * np.exp(1j * 0.5)).astype(np.complex64)
+    with HoloOutputFile(path, prefix="run1/") as out:
+        out.write_dataset("data", wave, attrs={"shift(nm)": np.zeros((3, 2)), "error": [0.1, 0.2, 0.3]})
+    assert main(["info", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "run1/data" in text
+    assert "8x8" in text.replace(" x ", "x")

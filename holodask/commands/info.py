@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frame", type=int, default=0, help="frame analysed by --fft (0-based, default 0)"
     )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="for a result file: the output_prefix to summarise (default: every result in it)",
+    )
 
 
 def _value(value, unit: str = "") -> str:
@@ -65,8 +70,27 @@ def describe(source: FrameSource) -> list[tuple[str, str]]:
     ]
 
 
+def _result_summary(spec: str, prefix: str | None) -> str | None:
+    """Summary of a result file (holodask or holoaverage output), else ``None``."""
+    if "?" in spec:
+        return None
+    from holodask.results import describe_result, result_prefixes
+
+    prefixes = result_prefixes(spec)
+    if not prefixes:
+        return None
+    chosen = prefixes if prefix is None else [prefix]
+    return "\n\n".join(describe_result(spec, prefix=p) for p in chosen)
+
+
 def run(args: argparse.Namespace) -> int:
     for number, spec in enumerate(args.specs):
+        summary = _result_summary(spec, args.prefix)
+        if summary is not None:
+            if number:
+                print()
+            print(summary)
+            continue
         source = open_source(spec)
         lines = describe(source)
         if args.fft:
