@@ -641,12 +641,12 @@ def find_spots(
     settings.validate()
     data, coords, attrs = _as_dask_series(series)
     n_frames, rows, cols = data.shape
-    laser_on = laser_flags(laser if laser is not None else coords["laser"]) if (
-        laser is not None or "laser" in coords
-    ) else None
-    angle_values = np.asarray(angles if angles is not None else coords["angle"]) if (
-        angles is not None or "angle" in coords
-    ) else None
+    if laser is None:
+        laser = coords.get("laser")
+    if angles is None:
+        angles = coords.get("angle")
+    laser_on = None if laser is None else laser_flags(laser)
+    angle_values = None if angles is None else np.asarray(angles)
     for name, values in (("laser", laser_on), ("angle", angle_values)):
         if values is not None and values.shape != (n_frames,):
             raise DataError(f"{name} values ({values.size}) do not match the frames ({n_frames})")
@@ -663,8 +663,11 @@ def find_spots(
     structure = binary_structure(*settings.structure)
     comp = _compression_kwargs(settings.compression)
 
+    # several blocks run at once: the budget is shared between them
+    parallel = max(1, min(os.cpu_count() or 1, 8))
     stack, n_removed = series_statistics(
-        data, settings.n_percent, settings.method, settings.alpha, laser_on, settings.memory_bytes
+        data, settings.n_percent, settings.method, settings.alpha, laser_on,
+        settings.memory_bytes // parallel,
     )
     frames = data.rechunk({0: 1, 1: -1, 2: -1}).to_delayed().ravel()
     itemsize = max(data.dtype.itemsize, 1)
@@ -695,12 +698,15 @@ def find_spots(
         out_dtypes["kruskal_p"] = np.float64
         dsets = {name: grp.create_dataset(name, (rows, cols), dtype=out_dtypes[name], **comp)
                  for name in layers}
-        row0 = 0
-        for band_rows in stack.chunks[1]:
-            (band,) = _compute(stack[:, row0:row0 + band_rows, :])
+        # ``parallel`` row bands per pass; each pass reads every frame once
+        # (a series that fits the budget is read in a single pass)
+        bounds = np.cumsum((0,) + stack.chunks[1])
+        for first in range(0, len(bounds) - 1, parallel):
+            last = min(first + parallel, len(bounds) - 1)
+            r0, r1 = int(bounds[first]), int(bounds[last])
+            (band,) = _compute(stack[:, r0:r1, :])
             for k, name in enumerate(layers):
-                dsets[name][row0:row0 + band_rows] = band[k].astype(out_dtypes[name])
-            row0 += band_rows
+                dsets[name][r0:r1] = band[k].astype(out_dtypes[name])
         avg = dsets["avg"][()]
         std = dsets["std"][()]
 

@@ -392,3 +392,14 @@ def test_repair_outliers_replaces_hits_by_average():
     np.testing.assert_array_equal(repaired[untouched], frame[untouched])
     same, n0 = stats.repair_outliers(stack[0], avg, std, 6.0)
     assert n0 == 0 and np.array_equal(same, stack[0])
+
+
+def test_find_spots_in_many_bands_matches_one_block(tmp_path):
+    rng = np.random.default_rng(11)
+    stack = rng.normal(10, 2, (100, 20, 30))
+    out = tmp_path / "bands.h5"
+    stats.find_spots(stack, out, stats.SpotSettings(memory_bytes=2**20))
+    expected = stats.trimmed_statistics(stack, 25)
+    with h5py.File(out, "r") as h5:
+        for k, name in enumerate(stats.STAT_NAMES):
+            np.testing.assert_array_equal(h5[f"stats/{name}"][()], expected[k].astype(h5[f"stats/{name}"].dtype))
