@@ -145,6 +145,8 @@ def trimmed_statistics(block: np.ndarray, n_removed: int) -> np.ndarray:
     if block.ndim != 3:
         raise DataError(f"statistics need a (frames, rows, cols) block, got shape {block.shape}")
     n_frames = block.shape[0]
+    if block.dtype.kind in "fc" and not np.isfinite(block).all():
+        raise DataError("the series holds NaN or infinite pixel values; statistics need finite values")
     if not 0 <= n_removed < n_frames:
         raise ParameterError(f"n_removed must be in [0, {n_frames - 1}], got {n_removed}")
     sorted_block = np.sort(block.astype(np.float64, copy=False), axis=0)

@@ -403,3 +403,11 @@ def test_find_spots_in_many_bands_matches_one_block(tmp_path):
     with h5py.File(out, "r") as h5:
         for k, name in enumerate(stats.STAT_NAMES):
             np.testing.assert_array_equal(h5[f"stats/{name}"][()], expected[k].astype(h5[f"stats/{name}"].dtype))
+
+
+def test_non_finite_pixels_are_a_clear_error(tmp_path):
+    stack = np.ones((6, 4, 4))
+    stack[2, 1, 1] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        stats.find_spots(stack, tmp_path / "nan.h5")
+    assert not list(tmp_path.iterdir())
