@@ -637,6 +637,15 @@ def find_spots(
     -------
     dict
         ``n_frames``, ``n_masks``, ``n_spots``, ``n_removed``, ``counts``.
+
+    Notes
+    -----
+    Memory stays within about ``settings.memory_bytes`` for any number of
+    frames: the statistics run on row bands holding all frames (several
+    bands at once sharing the budget), and every band pass reads each frame
+    once, so a series larger than the budget is read once per pass.  Masks
+    and spots are computed for batches of frames and written frame by frame;
+    with ``-S`` the frames are read once more for the spot table.
     """
     import dask
 
