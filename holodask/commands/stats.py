@@ -6,8 +6,6 @@ Options and defaults follow the ``lu_hdf2spots`` specification; see
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,6 @@ from holodask.errors import DataError, InputFileError, ParameterError
 HELP = "per-pixel series statistics, outlier masks and spot tables (lu_hdf2spots)"
 
 HDF5_TYPES = ("h5", "hdf5", "hdf", "he5", "nxs")
-log = logging.getLogger(__name__)
 
 
 def _structure(text: str) -> tuple[int, int]:
