@@ -653,9 +653,9 @@ def find_spots(
     data, coords, attrs = _as_dask_series(series)
     n_frames, rows, cols = data.shape
     if laser is None:
-        laser = coords.get("laser")
+        laser = _frame_coord(coords, "laser")
     if angles is None:
-        angles = coords.get("angle")
+        angles = _frame_coord(coords, "angle")
     laser_on = None if laser is None else laser_flags(laser)
     angle_values = None if angles is None else np.asarray(angles)
     for name, values in (("laser", laser_on), ("angle", angle_values)):
@@ -775,6 +775,24 @@ def find_spots(
         "n_removed": n_removed,
         "counts": counts,
     }
+
+
+def _frame_coord(coords: dict[str, np.ndarray], name: str) -> np.ndarray | None:
+    """A per-frame coordinate; None where absent or NaN for every frame (files without it)."""
+    values = coords.get(name)
+    if values is None:
+        return None
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+        if missing.all():
+            return None
+        if missing.any():
+            raise DataError(
+                f"{name} values are missing for {int(missing.sum())} of {values.size} frames "
+                "(some input files have none)"
+            )
+    return values
 
 
 def _frame_kernel(frame, avg, std, cutoff, structure, erosions, dilations, with_spots):

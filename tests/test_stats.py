@@ -305,32 +305,17 @@ def write_mccd(path, series, laser=None, angles=None):
             h5["lauecollect/angle"] = angles
 
 
-@pytest.fixture
-def fake_open(monkeypatch):
-    """open_series stand-in reading dataset ``data`` (until holodask.series lands)."""
-
-    def open_input(inputs):
-        from holodask.io.registry import parse_spec
-
-        with h5py.File(parse_spec(inputs[0]).path, "r") as h5:
-            stack = h5["data"][()]
-        return xr.DataArray(da.from_array(stack, chunks=(1,) + stack.shape[1:]),
-                            dims=("frame", "y", "x"))
-
-    monkeypatch.setattr(stats_cmd, "open_input", open_input)
-
-
 def test_default_output_name(tmp_path):
     assert stats_cmd.default_output(str(tmp_path / "run1__mccd.h5")) == tmp_path / "run1__spots.h5"
     assert stats_cmd.default_output(f"{tmp_path / 'a.hdf5'}?dataset=x") == tmp_path / "a__spots.h5"
 
 
 @pytest.mark.parametrize("compression", ["gzip", "lzf", "none"])
-def test_cli_writes_layout_with_laser_datasets(tmp_path, fake_open, compression, capsys):
+def test_cli_writes_layout_with_laser_datasets(tmp_path, compression, capsys):
     series, laser, angles = laser_series(n_angles=4)
     src = tmp_path / "scan__mccd.h5"
     write_mccd(src, series.values, laser, angles)
-    rc = main(["stats", str(src), "-a", "4", "-S", "pairs", "-m", "kruskal", "-n", "10",
+    rc = main(["stats", f"{src}?dataset=data", "-a", "4", "-S", "pairs", "-m", "kruskal", "-n", "10",
                "-C", compression])
     assert rc == 0, capsys.readouterr().err
     out = tmp_path / "scan__spots.h5"
@@ -347,12 +332,13 @@ def test_cli_writes_layout_with_laser_datasets(tmp_path, fake_open, compression,
         assert 5 in h5["spots/frame"][()]
 
 
-def test_cli_plain_layout_and_errors(tmp_path, fake_open, capsys):
+def test_cli_plain_layout_and_errors(tmp_path, capsys):
     stack = np.random.default_rng(9).poisson(40, (12, 16, 16)).astype(np.uint16)
     src = tmp_path / "plain.h5"
     write_mccd(src, stack)
     out = tmp_path / "o.h5"
-    assert main(["stats", str(src), "-o", str(out), "-n", "0"]) == 0
+    spec = f"{src}?dataset=data"
+    assert main(["stats", spec, "-o", str(out), "-n", "0"]) == 0
     assert read_layout(out) == EXPECTED_LAYOUT
     with h5py.File(out, "r") as h5:
         assert h5["info"].attrs["n_removed"] == 3
@@ -361,12 +347,12 @@ def test_cli_plain_layout_and_errors(tmp_path, fake_open, capsys):
         np.testing.assert_array_equal(h5["stats/arg"][()], stack.argmax(axis=0))
     before = out.read_bytes()
     capsys.readouterr()
-    assert main(["stats", str(src), "-o", str(out), "-m", "kruskal"]) == 1
+    assert main(["stats", spec, "-o", str(out), "-m", "kruskal"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("holodask: error:") and "laser" in err and "Traceback" not in err
-    assert main(["stats", str(src), "-o", str(out), "-a", "5"]) == 1
+    assert main(["stats", spec, "-o", str(out), "-a", "5"]) == 1
     assert "angle" in capsys.readouterr().err
-    assert main(["stats", str(src), "-o", str(out), "-s", "2"]) == 1
+    assert main(["stats", spec, "-o", str(out), "-s", "2"]) == 1
     assert "RANK,CONNECTIVITY" in capsys.readouterr().err
     assert out.read_bytes() == before  # failed runs leave the earlier output untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5", "plain.h5"]
@@ -411,3 +397,59 @@ def test_non_finite_pixels_are_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="NaN"):
         stats.find_spots(stack, tmp_path / "nan.h5")
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_uses_per_frame_coords_of_an_image_series_group(tmp_path, capsys):
+    series, laser, angles = laser_series(n_angles=4)
+    src = tmp_path / "group.h5"
+    with h5py.File(src, "w") as h5:
+        h5["scan/images"] = series.values
+        h5["scan/laser"] = laser  # 1-D per-frame datasets -> coords of open_series
+        h5["scan/angle"] = angles
+    out = tmp_path / "g.h5"
+    rc = main(["stats", f"{src}?path=scan", "-o", str(out), "-S", "blocks", "-a", "4", "-C", "none"])
+    assert rc == 0, capsys.readouterr().err
+    with h5py.File(out, "r") as h5:
+        assert h5["masks_synced"].shape == (4, 40, 40)
+        assert sorted(h5["spots/frame"][()].tolist()) == [4, 5, 6, 7]
+    # too few angles for the default check of 10
+    assert main(["stats", f"{src}?path=scan", "-o", str(out)]) == 1
+    assert "4 distinct angle value(s), at least 10" in capsys.readouterr().err
+
+
+def test_cli_angle_and_laser_dataset_options(tmp_path, capsys):
+    series, laser, angles = laser_series(n_angles=4)
+    src = tmp_path / "custom.h5"
+    with h5py.File(src, "w") as h5:
+        h5["data"] = series.values
+        h5["meta/on"] = laser
+        h5["meta/phi"] = angles
+    out = tmp_path / "c.h5"
+    spec = f"{src}?dataset=data"
+    assert main(["stats", spec, "-o", str(out), "--laser-dataset", "meta/on",
+                 "--angle-dataset", "meta/phi", "-a", "4", "-S", "pairs"]) == 0
+    with h5py.File(out, "r") as h5:
+        assert h5["masks_synced"].shape == (8, 40, 40)
+    capsys.readouterr()
+    assert main(["stats", spec, "-o", str(out), "--laser-dataset", "meta/nothing"]) == 1
+    err = capsys.readouterr().err
+    assert "custom.h5" in err and "meta/nothing" in err
+    # without the options the default lauecollect/... datasets are absent: no laser data
+    assert main(["stats", spec, "-o", str(out), "-S", "pairs"]) == 1
+    assert "laser" in capsys.readouterr().err
+
+
+def test_cli_on_real_dm_stack(dm_dir, tmp_path):
+    from rsciio.digitalmicrograph import file_reader
+
+    path = dm_dir / "test_stackbuilder_imagestack.dm3"
+    stack = file_reader(str(path))[0]["data"]
+    out = tmp_path / "dm__spots.h5"
+    assert main(["stats", str(path), "-o", str(out), "-n", "34"]) == 0
+    expected = direct_statistics(stack, 1)  # 34 % of 3 frames -> 1 removed
+    with h5py.File(out, "r") as h5:
+        assert h5["info"].attrs["n_removed"] == 1
+        for k, name in enumerate(stats.STAT_NAMES):
+            np.testing.assert_allclose(h5[f"stats/{name}"][()], expected[k], rtol=1e-12)
+        assert h5["stats/max"].dtype == stack.dtype
+        assert h5["masks_raw"].shape == stack.shape
