@@ -30,32 +30,33 @@ def _structure(text: str) -> tuple[int, int]:
 def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="series file spec(s) (path?key=value&...), e.g. file__mccd.h5")
-    parser.add_argument("-o", "--output", help="output HDF5 file [default: INPUT with __mccd "
+    parser.add_argument("-o", "--output", metavar="FO", help="output HDF5 file [default: INPUT with __mccd "
                         "replaced by __spots, else NAME__spots.h5]")
     parser.add_argument("-m", "--method", default="n_removed", choices=("n_removed", "kruskal"),
                         help="background estimate [default: n_removed]; kruskal needs laser data")
-    parser.add_argument("-n", "--n", type=float, default=25.0, dest="n_percent",
+    parser.add_argument("-n", "--n", type=float, default=25.0, dest="n_percent", metavar="N",
                         help="percent of largest values per pixel left out of avg/std/iqr; "
                         "0 means 25 [default: 25]")
     parser.add_argument("-A", "--alpha", type=float, default=0.05,
                         help="alpha of the Kruskal-Wallis test [default: 0.05]")
     parser.add_argument("-c", "--cutoff", type=float, default=3.0,
                         help="mask: I >= avg + CUTOFF * std [default: 3.0]")
-    parser.add_argument("-e", "--erosions", type=int, default=1, help="number of erosions [default: 1]")
-    parser.add_argument("-d", "--dilations", type=int, default=2,
+    parser.add_argument("-e", "--erosions", type=int, default=1, metavar="N_EROSIONS", help="number of erosions [default: 1]")
+    parser.add_argument("-d", "--dilations", type=int, default=2, metavar="N_DILATIONS",
                         help="number of dilations [default: 2]")
     parser.add_argument("-s", "--structure", default="2,2",
                         help="RANK,CONNECTIVITY of scipy.ndimage.generate_binary_structure [default: 2,2]")
-    parser.add_argument("-a", "--angles", type=int, default=None, dest="min_angles",
+    parser.add_argument("-a", "--angles", type=int, default=None, dest="min_angles", metavar="ANGLES",
                         help="minimum number of distinct angle values [default: 10 when the "
                         "series has angles, else no check; 0: no check]")
-    parser.add_argument("-S", dest="sync", default="none", choices=("none", "pairs", "blocks"),
-                        help="synchronise masks over laser off/on pairs or angle blocks [default: none]")
+    parser.add_argument("-S", dest="sync", metavar="SYNC", default="none", choices=("none", "pairs", "blocks"),
+                        help="synchronise masks over laser off/on pairs or angle blocks "
+                        "(none, pairs, blocks) [default: none]")
     parser.add_argument("-C", "--compression", default="gzip", choices=("gzip", "lzf", "none"),
                         help="compression of the output datasets [default: gzip]")
-    parser.add_argument("--angle-dataset", default=None,
+    parser.add_argument("--angle-dataset", default=None, metavar="NAME",
                         help="per-frame angles in an HDF5 input [default: lauecollect/angle]")
-    parser.add_argument("--laser-dataset", default=None,
+    parser.add_argument("--laser-dataset", default=None, metavar="NAME",
                         help="per-frame laser flags in an HDF5 input [default: lauecollect/laser]")
     parser.add_argument("--memory", type=float, default=256.0, metavar="MIB",
                         help="working-memory budget of one statistics block in MiB [default: 256]")
