@@ -406,7 +406,7 @@ def _read_params(path: Path) -> dict:
 def _random_walk(rng: np.random.Generator, n: int, step: float, dims: int = 2) -> np.ndarray:
     """Gaussian random walk starting at zero: ``n`` x ``dims``, per-axis step SD ``step``."""
     steps = rng.normal(0.0, 1.0, size=(n, dims)) * step
-    steps[0] = 0.0
+    steps[:1] = 0.0
     return np.cumsum(steps, axis=0)
 
 
@@ -475,7 +475,10 @@ def simulate_series(
         Standard deviation of the random per-frame fringe (biprism) phase.
     defocus_first_nm, defocus_step_nm
         Frame ``k`` is defocused by ``first + k * step`` (reference sign: the
-        reference's ``defocus_first``/``defocus_step`` undo it).
+        reference's ``defocus_first``/``defocus_step`` undo it). A focal
+        series gets ``adjust_defocus: true``, and, without drift,
+        ``enable_raw_alignment: false``: the defocus changes the centre band,
+        and the raw alignment would mistake that for integer shifts.
     mtf
         Detector MTF terms in the reference format, e.g.
         ``[["GAUSSIAN", 0.6, 20.0], ["CONSTANT", 0.4]]``, applied to every
@@ -630,6 +633,7 @@ def simulate_series(
         defocus_first_nm=defocus_first_nm,
         defocus_step_nm=defocus_step_nm,
         roi=roi,
+        raw_alignment=not (defocus_step_nm and drift_step_px == 0),
     )
     params_path = outdir / "params.json"
     header = (
@@ -711,7 +715,7 @@ def _write_raw(path: Path, counts: np.ndarray, integer_counts: bool, attrs: dict
 
 def _parameters(
     *, object_pattern, empty_pattern, n_frames, n_empty, sampling_nm, voltage_kV, sideband_pos,
-    cut_off_per_nm, object_size_px, mtf, defocus_first_nm, defocus_step_nm, roi=None,
+    cut_off_per_nm, object_size_px, mtf, defocus_first_nm, defocus_step_nm, roi=None, raw_alignment=True,
 ) -> dict:
     """The reference-format parameter dictionary for a simulated series."""
 
@@ -739,6 +743,8 @@ def _parameters(
     )
     if roi is not None:
         params["roi"] = [int(v) for v in roi]
+    if not raw_alignment:
+        params["enable_raw_alignment"] = False
     if mtf is not None:
         params["mtf"] = [list(term) for term in mtf]
     if defocus_first_nm or defocus_step_nm:
