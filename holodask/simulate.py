@@ -615,6 +615,11 @@ def simulate_series(
     sideband_pos = np.array([size_px // 2, size_px // 2], dtype=float) + carrier0
     if roi_margin_px is None:
         roi_margin_px = int(np.ceil(np.abs(drift_px).max())) + 8 if drift_step_px > 0 else 0
+        if roi_margin_px >= size_px // 4:
+            raise ParameterError(
+                f"drift_step_px: the drift reaches {np.abs(drift_px).max():.1f} px, too far for a {size_px} px image "
+                f"(at most {size_px // 4 - 9} px); use a smaller step or fewer frames"
+            )
     roi_margin_px = int(roi_margin_px)
     if not 0 <= roi_margin_px < size_px // 4:
         raise ParameterError(f"roi_margin_px: expected 0 to {size_px // 4 - 1} px, got {roi_margin_px}")

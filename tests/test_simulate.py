@@ -266,6 +266,8 @@ def test_kernels_against_direct_formulas():
         (dict(carrier_px=(2, 1)), "carrier_px"),
         (dict(dose_e_per_px=-1.0), "dose_e_per_px"),
         (dict(object_size_px=1000), "object_size_px"),
+        (dict(drift_step_px=30.0), "drift_step_px"),
+        (dict(roi_margin_px=100), "roi_margin_px"),
     ],
 )
 def test_bad_arguments_name_the_parameter(tmp_path, kwargs, name):
