@@ -406,7 +406,7 @@ def _read_params(path: Path) -> dict:
 def _random_walk(rng: np.random.Generator, n: int, step: float, dims: int = 2) -> np.ndarray:
     """Gaussian random walk starting at zero: ``n`` x ``dims``, per-axis step SD ``step``."""
     steps = rng.normal(0.0, 1.0, size=(n, dims)) * step
-    steps[0] = 0.0
+    steps[:1] = 0.0
     return np.cumsum(steps, axis=0)
 
 
@@ -475,7 +475,10 @@ def simulate_series(
         Standard deviation of the random per-frame fringe (biprism) phase.
     defocus_first_nm, defocus_step_nm
         Frame ``k`` is defocused by ``first + k * step`` (reference sign: the
-        reference's ``defocus_first``/``defocus_step`` undo it).
+        reference's ``defocus_first``/``defocus_step`` undo it). A focal
+        series gets ``adjust_defocus: true``, and, without drift,
+        ``enable_raw_alignment: false``: the defocus changes the centre band,
+        and the raw alignment would mistake that for integer shifts.
     mtf
         Detector MTF terms in the reference format, e.g.
         ``[["GAUSSIAN", 0.6, 20.0], ["CONSTANT", 0.4]]``, applied to every
@@ -612,6 +615,11 @@ def simulate_series(
     sideband_pos = np.array([size_px // 2, size_px // 2], dtype=float) + carrier0
     if roi_margin_px is None:
         roi_margin_px = int(np.ceil(np.abs(drift_px).max())) + 8 if drift_step_px > 0 else 0
+        if roi_margin_px >= size_px // 4:
+            raise ParameterError(
+                f"drift_step_px: the drift reaches {np.abs(drift_px).max():.1f} px, too far for a {size_px} px image "
+                f"(at most {size_px // 4 - 9} px); use a smaller step or fewer frames"
+            )
     roi_margin_px = int(roi_margin_px)
     if not 0 <= roi_margin_px < size_px // 4:
         raise ParameterError(f"roi_margin_px: expected 0 to {size_px // 4 - 1} px, got {roi_margin_px}")
@@ -630,6 +638,7 @@ def simulate_series(
         defocus_first_nm=defocus_first_nm,
         defocus_step_nm=defocus_step_nm,
         roi=roi,
+        raw_alignment=not (defocus_step_nm and drift_step_px == 0),
     )
     params_path = outdir / "params.json"
     header = (
@@ -711,7 +720,7 @@ def _write_raw(path: Path, counts: np.ndarray, integer_counts: bool, attrs: dict
 
 def _parameters(
     *, object_pattern, empty_pattern, n_frames, n_empty, sampling_nm, voltage_kV, sideband_pos,
-    cut_off_per_nm, object_size_px, mtf, defocus_first_nm, defocus_step_nm, roi=None,
+    cut_off_per_nm, object_size_px, mtf, defocus_first_nm, defocus_step_nm, roi=None, raw_alignment=True,
 ) -> dict:
     """The reference-format parameter dictionary for a simulated series."""
 
@@ -739,6 +748,8 @@ def _parameters(
     )
     if roi is not None:
         params["roi"] = [int(v) for v in roi]
+    if not raw_alignment:
+        params["enable_raw_alignment"] = False
     if mtf is not None:
         params["mtf"] = [list(term) for term in mtf]
     if defocus_first_nm or defocus_step_nm:
