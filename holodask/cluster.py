@@ -63,6 +63,8 @@ HOLODASK_CONFIG_KEYS = {
 _NOT_CONFIG_KEYS = {
     "self", "scheduler", "config_name", "base_class_kwargs", "job_cls", "loop",
     "asynchronous", "job_kwargs", "n_workers", "kwargs", "args",
+    # deprecated by dask-jobqueue in favour of job_extra_directives, job_script_prologue, ...
+    "extra", "env_extra", "header_skip", "job_extra",
 }
 
 INSTALL_HINT = (
@@ -241,10 +243,10 @@ def job_cluster_class(kind: str):
 def job_cluster_keys(kind: str) -> set[str]:
     """Keyword arguments a cluster config file may give for ``kind``."""
     cls = job_cluster_class(kind)
-    from dask_jobqueue.core import Job
+    from dask_jobqueue.core import Job, JobQueueCluster
 
     keys: set[str] = set()
-    for func in (cls.__init__, cls.job_cls.__init__, Job.__init__):
+    for func in (JobQueueCluster.__init__, cls.job_cls.__init__, Job.__init__):
         keys.update(inspect.signature(func).parameters)
     return (keys - _NOT_CONFIG_KEYS) | set(HOLODASK_CONFIG_KEYS)
 
