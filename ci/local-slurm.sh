@@ -136,10 +136,14 @@ start() {
     install -d -m 0700 "$STATE_DIR"
 
     setup_munge
-    rm -f /run/munge/munged.pid
-    runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
-    wait_for_pidfile /run/munge/munged.pid munged >"$STATE_DIR/munged.pid"
-    munge -n | unmunge >/dev/null || die "munge does not work (munge -n | unmunge failed)"
+    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        log "munged is already running; using it"
+    else
+        rm -f /run/munge/munged.pid
+        runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+        wait_for_pidfile /run/munge/munged.pid munged >"$STATE_DIR/munged.pid"
+        munge -n | unmunge >/dev/null || die "munge does not work (munge -n | unmunge failed)"
+    fi
 
     write_slurm_conf
     rm -f /run/slurmctld.pid /run/slurmd.pid
