@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -321,7 +322,8 @@ def test_connect_by_address_and_scheduler_file(inprocess_client, tmp_path):
     assert inprocess_client.status == "running"
 
     scheduler_file = tmp_path / "scheduler.json"
-    inprocess_client.write_scheduler_file(str(scheduler_file))
+    # the part of a scheduler file (dask scheduler --scheduler-file) that clients read
+    scheduler_file.write_text(json.dumps({"type": "Scheduler", "address": address}))
     with compute_context(scheduler=str(scheduler_file), quiet=True) as client:
         assert client.scheduler.address == address
     assert client.status == "closed"
