@@ -474,6 +474,11 @@ def compute_context(options: SchedulerOptions | None = None, **kwargs) -> Iterat
     kind = options.kind
     scratch = _scratch_dir(options)
     progress = _show_progress(options)
+    report = None
+    if options.report is not None:
+        report = Path(options.report).expanduser()
+        if not report.parent.is_dir():
+            raise ParameterError(f"report: folder {report.parent} does not exist")
 
     with contextlib.ExitStack() as stack:
         if kind == "threads":
@@ -504,12 +509,9 @@ def compute_context(options: SchedulerOptions | None = None, **kwargs) -> Iterat
             link = getattr(client, "dashboard_link", None)
             if link:
                 _say(options, f"Dask dashboard: {link}")
-            if options.report is not None:
+            if report is not None:
                 from distributed import performance_report
 
-                report = Path(options.report).expanduser()
-                if report.parent and not report.parent.is_dir():
-                    raise ParameterError(f"report: folder {report.parent} does not exist")
                 stack.enter_context(performance_report(filename=str(report)))
         token = _STATE.set(_ComputeState(client=client, progress=progress))
         stack.callback(_STATE.reset, token)

@@ -242,6 +242,8 @@ def test_cli_options_round_trip(tmp_path):
     options = options_from_args(parser.parse_args([]))
     assert options.kind == "threads" and options.quiet is False
     assert options_from_args(parser.parse_args(["--workers", "2"])).kind == "local"
+    # a performance report needs a distributed scheduler: a local cluster is started for it
+    assert options_from_args(parser.parse_args(["--report", "r.html"])).kind == "local"
     with pytest.raises(SystemExit):
         parser.parse_args(["--workers", "0"])
 
@@ -332,4 +334,16 @@ def test_connect_by_address_and_scheduler_file(inprocess_client, tmp_path):
 def test_bad_scheduler_address():
     with pytest.raises(ParameterError, match="scheduler: expected an address tcp://HOST:PORT"):
         with compute_context(scheduler="no-such-scheduler-file.json", quiet=True):
+            pass
+
+
+def test_report_without_a_cluster_starts_a_local_one(tmp_path, capsys):
+    report = tmp_path / "report.html"
+    with compute_context(report=report, workers=1, threads_per_worker=1) as client:
+        assert client is not None and type(client.cluster).__name__ == "LocalCluster"
+        assert dask.compute(da.arange(10, chunks=5).sum())[0] == 45
+    assert client.status == "closed"
+    assert "<html" in report.read_text(errors="replace").lower()
+    with pytest.raises(ParameterError, match="report: folder .*missing does not exist"):
+        with compute_context(report=tmp_path / "missing" / "r.html"):
             pass
