@@ -312,16 +312,17 @@ def make_job_cluster(kind: str, config=None, *, scratch=None, **overrides):
     """Build (without submitting any job) the dask-jobqueue cluster for ``kind``.
 
     ``config`` is a YAML path or mapping (see :func:`load_cluster_config`);
-    ``overrides`` replace its keys.  Holodask's own keys (``jobs``,
+    ``scratch`` (a folder) replaces its ``local_directory``, and ``overrides``
+    replace any key.  Holodask's own keys (``jobs``,
     ``wait_for_workers_s``) are dropped.  Use ``cluster.job_script()`` to see the
     job script.
     """
     kwargs = load_cluster_config(config, kind)
     for name in HOLODASK_CONFIG_KEYS:
         kwargs.pop(name, None)
+    if scratch is not None:  # the command line beats the file
+        kwargs["local_directory"] = str(scratch)
     kwargs.update(overrides)
-    if scratch is not None:
-        kwargs.setdefault("local_directory", str(scratch))
     if "log_directory" in kwargs and kwargs["log_directory"]:
         Path(kwargs["log_directory"]).expanduser().mkdir(parents=True, exist_ok=True)
     cls = job_cluster_class(kind)

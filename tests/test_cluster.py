@@ -76,17 +76,18 @@ def test_slurm_job_script_from_example_config():
 
 def test_slurm_overrides_and_scratch_replace_config_values(tmp_path):
     cluster = make_job_cluster("slurm", CONFIGS / "slurm.yaml", scratch=tmp_path, queue="debug",
-                               local_directory=None, account=None, walltime="00:10:00")
+                               account=None, walltime="00:10:00")
     try:
         script = cluster.job_script()
     finally:
         cluster.close()
+    assert f"--local-directory {tmp_path}" in script and "$TMPDIR" not in script
     directives = _directives(script, "#SBATCH")
     assert "-p debug" in directives and "-t 00:10:00" in directives
     assert not any(d.startswith("-A") for d in directives)
 
 
-def test_scratch_is_the_local_directory_when_the_config_has_none(tmp_path):
+def test_mapping_config_and_scratch(tmp_path):
     cluster = make_job_cluster("slurm", {"cores": 2, "memory": "4GB"}, scratch=tmp_path)
     try:
         script = cluster.job_script()
