@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -24,6 +25,7 @@ from holodask.cluster import SchedulerOptions, compute_context
 pytestmark = pytest.mark.slurm
 
 JOB_WAIT_S = 60
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: called on a worker: the SLURM job it runs in (os.getenv pickles by reference)
 _slurm_job_id = functools.partial(os.getenv, "SLURM_JOB_ID")
 
@@ -128,7 +130,7 @@ def test_holodask_run_on_slurm_matches_threads(slurm_partition, tmp_path):
             job_name = f"hd-run-{uuid.uuid4().hex[:8]}"
             config.write_text(json.dumps(_slurm_config(slurm_partition, job_name, tmp_path / "logs")))
             cmd += ["--cluster", "slurm", "--cluster-config", str(config), "--jobs", "2"]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=sim_dir, env=env)
         assert done.returncode == 0, done.stderr
     left = _wait_until_gone(job_name)
