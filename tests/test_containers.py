@@ -9,7 +9,6 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import h5py
@@ -21,6 +20,7 @@ import yaml
 from holodask.cli import main
 from holodask.errors import DataError, InputFileError, ParameterError
 from holodask.io import open_source
+from holodask.io.imagefiles import check_lossless_cast
 from holodask.io.imageseries import write_frame_cache, write_hdf5_series
 
 RNG = np.random.default_rng(20240611)
@@ -172,6 +172,34 @@ def test_image_files_dtype_conversion(tmp_path):
         source("fraction.tif", "int16").read_frame(0)
     with pytest.raises(InputFileError, match="'dtype'"):
         source("small.tif", "not-a-type")
+
+
+@pytest.mark.parametrize(
+    "values, dtype, ok",
+    [
+        ([0, 255], np.uint8, True),
+        ([0, 256], np.uint8, False),
+        ([-1, 3], np.uint16, False),
+        ([2.0, -7.0], np.int8, True),
+        ([2.5, 1.0], np.int32, False),
+        ([np.nan, 1.0], np.int32, False),
+        ([1e39, 1.0], np.float32, False),  # float64 beyond float32's range
+        ([np.inf, 1.5], np.float32, True),  # infinite stays infinite
+        ([2**24 + 1, 0], np.float32, False),  # int64 not exactly representable
+        ([1 + 0j, 2 + 0j], np.float32, True),
+        ([1 + 1j, 2 + 0j], np.float32, False),
+    ],
+)
+def test_check_lossless_cast(values, dtype, ok):
+    frame = np.array(values)
+    if ok:
+        converted = check_lossless_cast(frame, dtype, "f")
+        assert converted.dtype == dtype
+        expected = (frame.real if np.iscomplexobj(frame) else frame).astype(dtype)
+        np.testing.assert_array_equal(converted, expected)
+    else:
+        with pytest.raises(InputFileError, match=f"f: dtype {np.dtype(dtype)} would truncate"):
+            check_lossless_cast(frame, dtype, "f")
 
 
 def test_image_files_metadata_and_reader_options(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,7 +57,8 @@ def check_lossless_cast(frame: np.ndarray, dtype: np.dtype, where: str) -> np.nd
     dtype = np.dtype(dtype)
     if np.can_cast(frame.dtype, dtype, casting="safe"):
         return frame.astype(dtype, copy=False)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         converted = frame.astype(dtype)
         if frame.dtype.kind in "fc" and dtype.kind in "fc" and not (
             frame.dtype.kind == "c" and dtype.kind == "f"

@@ -103,18 +103,15 @@ def split_metadata(
         for alias in aliases:
             if alias in meta and meta[alias] is not None:
                 value = _plain(meta[alias])
+                kind = {"sampling_nm": float, "voltage_kV": float, "binning": int}.get(field_name, str)
                 try:
-                    if field_name in ("sampling_nm", "voltage_kV"):
-                        value = float(value)
-                    elif field_name == "binning":
-                        value = int(value)
-                    else:
-                        value = str(value)
+                    if isinstance(value, (list, tuple, dict, np.ndarray)):
+                        raise TypeError
+                    value = kind(value)
                 except (TypeError, ValueError):
+                    expected = "a string" if kind is str else "a number"
                     raise InputFileError(
-                        f"{source}: metadata {alias!r} must be a "
-                        f"{'number' if field_name != 'microscope' and field_name != 'detector' else 'string'}"
-                        f", got {meta[alias]!r}"
+                        f"{source}: metadata {alias!r} must be {expected}, got {meta[alias]!r}"
                     ) from None
                 setattr(metadata, field_name, value)
                 used.add(alias)
