@@ -1,19 +1,48 @@
 """Parameter files of the reference program, parsed once into a typed object.
 
-INTERFACE CONTRACT (skeleton): the dataclasses below are the typed parameter
-object every other module reads. Nothing downstream reads raw dictionaries.
-``load_parameters`` / ``parse_parameters`` are filled in by the parameter work.
+A parameter file is a JSON object that may also hold ``//`` and ``/* */``
+comments and trailing commas (parsed with the maintained ``json5`` library).
+:func:`load_parameters` reads one (from a file, stdin or a dict) and
+:func:`parse_parameters` validates the mapping into a frozen
+:class:`HoloParams`; every mistake raises one :class:`ParameterError` naming
+the parameter and what was expected. Downstream code reads only
+:class:`HoloParams`, never raw dictionaries.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
+import io
+import json
+import math
+import os
+import re
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+import json5
 import numpy as np
 
-from holodask.errors import ParameterError  # noqa: F401  (re-exported)
+from holodask.errors import InputFileError, ParameterError
+from holodask.io.registry import normalise_path
+
+__all__ = [
+    "FilterSpec",
+    "MtfTerm",
+    "SeriesSpec",
+    "HoloParams",
+    "KNOWN_PARAMETERS",
+    "ParameterError",
+    "parse_parameter_text",
+    "load_parameters",
+    "parse_parameters",
+    "parameters_json",
+    "expand_names",
+]
 
 
 @dataclass(frozen=True)
@@ -50,7 +79,7 @@ class SeriesSpec:
     indices: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HoloParams:
     """All parameters of a run, validated, with defaults applied.
 
@@ -98,10 +127,799 @@ class HoloParams:
     # holodask extensions
     outlier_cutoff: float | None = None
     # provenance
-    basepath: Path = Path(".")
+    basepath: Path = Path(".")  # folder relative paths were taken from
+    parameter_file: str | None = None  # absolute path; None for stdin or a dict
     raw: dict[str, Any] = field(default_factory=dict)  # the parsed JSON as given
 
     @property
     def cut_off_per_nm(self) -> float:
         """Isotropic cut-off (geometric mean radius of ``cut_off2``)."""
         return float(np.sqrt(np.sqrt(abs(np.linalg.det(self.cut_off2_per_nm2)))))
+
+    @property
+    def align_roi_or_roi(self) -> tuple[int, int, int, int] | None:
+        """The region used for raw alignment: ``align_roi``, else ``roi`` (None: full image)."""
+        return self.align_roi if self.align_roi is not None else self.roi
+
+
+# ---------------------------------------------------------------------------
+# known parameters
+# ---------------------------------------------------------------------------
+
+#: every parameter name a parameter file may hold (reference + newer + holodask)
+KNOWN_PARAMETERS: tuple[str, ...] = (
+    "adjust_defocus",
+    "adjust_shift",
+    "adjust_tilt",
+    "align_cut_off",
+    "align_roi",
+    "binning",
+    "camera_distortions",
+    "cut_off",
+    "cut_off2",
+    "defocus_first",
+    "defocus_step",
+    "empty_exclude",
+    "empty_first",
+    "empty_last",
+    "empty_names",
+    "empty_override",
+    "empty_size",
+    "enable_raw_alignment",
+    "filter_func",
+    "mtf",
+    "object_exclude",
+    "object_first",
+    "object_last",
+    "object_names",
+    "object_size",
+    "only_phase",
+    "output_aligned",
+    "output_name",
+    "output_prefix",
+    "output_series",
+    "path",
+    "roi",
+    "sampling",
+    "sideband_pos",
+    "synthesize_empty",
+    "voltage",
+    # newer releases of the reference program
+    "only_align",
+    "output_series_as_dataset",
+    # deprecated alias of output_name
+    "output",
+    # holodask extensions
+    "output_qpimage",
+    "outlier_cutoff",
+)
+
+_FILTER_KINDS = ("EDGE", "GAUSSIAN", "BUTTERWORTH")
+_MTF_ARITY = {"CONSTANT": 1, "GAUSSIAN": 2, "LORENTZIAN": 2}
+
+
+# ---------------------------------------------------------------------------
+# text -> mapping
+# ---------------------------------------------------------------------------
+
+_JSON5_ERROR = re.compile(r"^<string>:(?P<line>\d+) (?P<what>.*) at column (?P<column>\d+)$", re.S)
+
+
+def parse_parameter_text(text: str, source_name: str = "parameters") -> dict:
+    """Parse the text of a parameter file into a dictionary.
+
+    The text is JSON that may also hold ``//`` line and ``/* */`` block
+    comments and trailing commas (parsed by ``json5``; comment markers and
+    commas inside strings stay intact).
+
+    Parameters
+    ----------
+    text : str
+        The parameter text.
+    source_name : str
+        Where the text came from, for error messages.
+
+    Returns
+    -------
+    dict
+        The top-level JSON object.
+
+    Raises
+    ------
+    ParameterError
+        On a syntax error (with line and column) or when the top level is
+        not an object.
+    """
+    if not isinstance(text, str):
+        raise ParameterError(
+            f"{source_name}: parameter text must be a str, got {type(text).__name__}"
+        )
+    if text.startswith("\ufeff"):  # byte order mark left by some Windows editors
+        text = text[1:]
+    if not text.strip():
+        raise ParameterError(
+            f"{source_name}: empty parameter text (expected a JSON object {{...}})"
+        )
+    try:
+        value = json5.loads(text)
+    except ValueError as exc:
+        message = str(exc)
+        match = _JSON5_ERROR.match(message)
+        if match:
+            message = (
+                f"{source_name}: syntax error at line {match['line']}, column {match['column']}: "
+                f"{match['what']}"
+            )
+        else:
+            message = f"{source_name}: syntax error: {message}"
+        raise ParameterError(message) from None
+    if not isinstance(value, dict):
+        raise ParameterError(
+            f"{source_name}: the parameters must be a JSON object {{...}}, "
+            f"got a JSON {_json_kind(value)}"
+        )
+    return _join_surrogates(value)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _join_surrogates(value: Any) -> Any:
+    """Join escaped UTF-16 surrogate pairs (``"\\ud83d\\ude00"``) into one character.
+
+    ``json5`` keeps the two halves apart where the standard JSON parser joins
+    them; lone surrogates stay as they are.
+    """
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+        return value
+    if isinstance(value, list):
+        return [_join_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_join_surrogates(k): _join_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+
+def load_parameters(
+    source: str | os.PathLike | Mapping[str, Any],
+    basepath: str | os.PathLike | None = None,
+) -> HoloParams:
+    """Read and validate a parameter set.
+
+    Parameters
+    ----------
+    source : str, path-like or mapping
+        A parameter file (read as UTF-8), ``"-"`` for standard input (read
+        with Python's standard encoding, see ``PYTHONIOENCODING``) or an
+        already parsed mapping.
+    basepath : str or path-like, optional
+        Folder relative paths are taken from. Default: the parameter file's
+        folder; the current folder for stdin or a mapping. The ``path``
+        parameter, when present, replaces it (a relative ``path`` is taken
+        relative to this folder).
+
+    Returns
+    -------
+    HoloParams
+    """
+    if isinstance(source, Mapping):
+        base = Path(basepath) if basepath is not None else Path.cwd()
+        return parse_parameters(source, base)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ParameterError(
+            "parameters must be given as a file name, '-' (stdin) or a dict, "
+            f"got {type(source).__name__}"
+        )
+    name = os.fspath(source)
+    if name == "-":
+        text = sys.stdin.read()
+        base = Path(basepath) if basepath is not None else Path.cwd()
+        mapping = parse_parameter_text(text, "parameters from stdin")
+        return parse_parameters(mapping, base)
+    param_file = Path(os.path.abspath(name))
+    try:
+        with io.open(param_file, "rt", encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise InputFileError(f"{param_file}: parameter file not found") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{param_file}: is a folder, expected a parameter file") from None
+    except UnicodeDecodeError as exc:
+        raise InputFileError(
+            f"{param_file}: parameter file is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise InputFileError(f"{param_file}: cannot read parameter file ({exc.strerror})") from None
+    mapping = parse_parameter_text(text, f"parameter file {str(param_file)!r}")
+    base = Path(basepath) if basepath is not None else param_file.parent
+    return parse_parameters(mapping, base, parameter_file=param_file)
+
+
+# ---------------------------------------------------------------------------
+# value checks (each raises one ParameterError naming the parameter)
+# ---------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    """Short JSON-like rendering of a value for messages."""
+    try:
+        text = json.dumps(value, default=repr)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ParameterError(f"parameter '{name}' must be true or false, got {_show(value)}")
+
+
+def _check_number(name: str, value: Any, what: str = "a number") -> float:
+    if isinstance(value, str):
+        raise ParameterError(
+            f"parameter '{name}' must be {what}, got the string {_show(value)} "
+            "(write numbers without quotes)"
+        )
+    if not _is_number(value):
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ParameterError(f"parameter '{name}' must be {what} (finite), got {_show(value)}")
+    return number
+
+
+def _check_float(name: str, value: Any, *, positive: bool = False) -> float:
+    what = "a positive number" if positive else "a number"
+    number = _check_number(name, value, what)
+    if positive and not number > 0:
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    return number
+
+
+def _check_int(name: str, value: Any, *, positive: bool = False, what: str | None = None) -> int:
+    what = what or ("a positive integer" if positive else "an integer")
+    number = _check_number(name, value, what)
+    if not float(number).is_integer():
+        raise ParameterError(f"parameter '{name}' must be {what}, got the fraction {_show(value)}")
+    integer = int(value)
+    if positive and integer <= 0:
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    return integer
+
+
+def _check_str(name: str, value: Any, what: str = "a string") -> str:
+    if not isinstance(value, str):
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    return value
+
+
+def _check_list(name: str, value: Any, what: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    return list(value)
+
+
+def _check_roi(name: str, value: Any) -> tuple[int, int, int, int]:
+    what = "[left, top, right, bottom]: four integers with 0 <= left < right and 0 <= top < bottom"
+    items = _check_list(name, value, what)
+    if len(items) != 4:
+        raise ParameterError(f"parameter '{name}' must be {what}, got {len(items)} values")
+    left, top, right, bottom = (_check_int(name, item, what=what) for item in items)
+    if not (0 <= left < right and 0 <= top < bottom):
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    return left, top, right, bottom
+
+
+def _check_cut_off2(value: Any) -> np.ndarray:
+    what = "a symmetric positive-definite 2x2 matrix [[a, b], [b, c]] in 1/nm^2"
+    rows = _check_list("cut_off2", value, what)
+    if len(rows) != 2 or not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in rows):
+        raise ParameterError(f"parameter 'cut_off2' must be {what}, got {_show(value)}")
+    matrix = np.array([[_check_number("cut_off2", v, what) for v in row] for row in rows])
+    if not np.isclose(matrix[0, 1], matrix[1, 0], rtol=1e-9, atol=0.0):
+        raise ParameterError(
+            f"parameter 'cut_off2' must be {what}; it is not symmetric: {_show(value)}"
+        )
+    if not np.all(np.linalg.eigvalsh(matrix) > 0):
+        raise ParameterError(
+            f"parameter 'cut_off2' must be {what}; it is not positive-definite: {_show(value)}"
+        )
+    return matrix
+
+
+def _check_filter(name: str, value: Any) -> FilterSpec:
+    what = '"EDGE", "GAUSSIAN" or ["BUTTERWORTH", order] with order > 0'
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, (list, tuple)) and value and isinstance(value[0], str):
+        items = list(value)
+    else:
+        raise ParameterError(f"parameter 'filter_func' must be {what}, got {_show(value)}")
+    kind = items[0].upper()  # the reference program accepts any case
+    if kind not in _FILTER_KINDS:
+        raise ParameterError(
+            f"parameter 'filter_func' must be {what}, got unknown filter {_show(items[0])}"
+        )
+    if kind == "BUTTERWORTH":
+        if len(items) != 2:
+            raise ParameterError(
+                f"parameter 'filter_func' must be {what}; BUTTERWORTH needs exactly one order, "
+                f"got {_show(value)}"
+            )
+        order = _check_float("filter_func", items[1], positive=True)
+        return FilterSpec(kind=kind, order=order)
+    if len(items) != 1:
+        raise ParameterError(
+            f"parameter 'filter_func' must be {what}; {kind} takes no arguments, "
+            f"got {_show(value)}"
+        )
+    return FilterSpec(kind=kind)
+
+
+def _check_mtf(name: str, value: Any) -> tuple[MtfTerm, ...]:
+    what = 'a non-empty list of terms ["CONSTANT", A], ["GAUSSIAN", A, B] or ["LORENTZIAN", A, B]'
+    terms = _check_list("mtf", value, what)
+    if not terms:
+        raise ParameterError(f"parameter 'mtf' must be {what}, got an empty list")
+    result = []
+    for number, term in enumerate(terms):
+        if not (isinstance(term, (list, tuple)) and term and isinstance(term[0], str)):
+            raise ParameterError(f"parameter 'mtf' must be {what}; term {number} is {_show(term)}")
+        kind = term[0].upper()
+        if kind not in _MTF_ARITY:
+            raise ParameterError(
+                f"parameter 'mtf' must be {what}; term {number} has unknown kind {_show(term[0])}"
+            )
+        if len(term) != 1 + _MTF_ARITY[kind]:
+            raise ParameterError(
+                f"parameter 'mtf' must be {what}; term {number} ({kind}) needs "
+                f"{_MTF_ARITY[kind]} number(s), got {_show(term)}"
+            )
+        coefficients = tuple(_check_number("mtf", c, f"{what} (term {number})") for c in term[1:])
+        result.append(MtfTerm(kind=kind, coefficients=coefficients))
+    return tuple(result)
+
+
+def _check_exclude(name: str, value: Any) -> tuple[int, ...]:
+    items = _check_list(name, value, "a list of integers")
+    return tuple(_check_int(name, item, what="a list of integers") for item in items)
+
+
+# ---------------------------------------------------------------------------
+# names and paths
+# ---------------------------------------------------------------------------
+
+
+def _absolute_spec(spec: str, basepath: Path) -> str:
+    """Make the path part of ``path?options`` absolute; keep the options as written."""
+    name, sep, query = spec.partition("?")
+    return str(normalise_path(name, basepath)) + sep + query
+
+
+def _expand_pattern(name: str, pattern: str, index: int, several: bool) -> str:
+    try:
+        return pattern % index
+    except (TypeError, ValueError) as exc:
+        problem = str(exc)
+    try:
+        literal = pattern % ()  # no placeholder at all (only %% escapes)
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"parameter '{name}': invalid printf pattern {pattern!r} ({problem}); expected exactly "
+            "one placeholder such as %d or %03d (write %% for a literal %)"
+        ) from None
+    if several:
+        raise ParameterError(
+            f"parameter '{name}': pattern {pattern!r} has no placeholder (such as %d or %03d) "
+            "but the range holds several indices"
+        )
+    return literal
+
+
+def expand_names(
+    name: str,
+    names: Any,
+    first: int | None,
+    last: int | None,
+    exclude: tuple[int, ...] = (),
+    basepath: str | os.PathLike = ".",
+) -> SeriesSpec:
+    """Expand a printf pattern or a list of names into a :class:`SeriesSpec`.
+
+    Parameters
+    ----------
+    name : str
+        Parameter name, for messages (e.g. ``"object_names"``).
+    names : str or list of str
+        A printf pattern (``pattern % index`` over ``first..last`` inclusive,
+        without ``exclude``), or a list of file specs used as given with
+        indices ``0..n-1``.
+    first, last : int or None
+        Index range of a pattern (ignored for a list).
+    exclude : tuple of int
+        Indices left out of a pattern's range.
+    basepath : path-like
+        Folder relative paths are taken from.
+
+    Returns
+    -------
+    SeriesSpec
+        Absolute file specs (reader options after ``?`` kept) and their indices.
+    """
+    prefix = name.rsplit("_", 1)[0]
+    base = Path(basepath)
+    if isinstance(names, (list, tuple)):
+        if not names:
+            raise ParameterError(f"parameter '{name}' must not be an empty list")
+        for item in names:
+            if not isinstance(item, str) or not item:
+                raise ParameterError(
+                    f"parameter '{name}' must be a printf pattern or a list of file names "
+                    f"(strings), got the item {_show(item)}"
+                )
+        specs = tuple(_absolute_spec(item, base) for item in names)
+        return SeriesSpec(specs=specs, indices=tuple(range(len(specs))))
+    if not isinstance(names, str) or not names:
+        raise ParameterError(
+            f"parameter '{name}' must be a printf pattern (e.g. \"img_%03d.dm3\") or a list of "
+            f"file names, got {_show(names)}"
+        )
+    if first is None or last is None:
+        missing = [f"{prefix}_{k}" for k, v in (("first", first), ("last", last)) if v is None]
+        raise ParameterError(
+            f"parameter {' and '.join(repr(m) for m in missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} required with the pattern "
+            f"{prefix}_names = {names!r}"
+        )
+    if first > last:
+        raise ParameterError(
+            f"parameter '{prefix}_first' ({first}) must not be greater than "
+            f"'{prefix}_last' ({last})"
+        )
+    excluded = set(exclude)
+    outside = sorted(i for i in excluded if not first <= i <= last)
+    if outside:
+        warnings.warn(
+            f"parameter '{prefix}_exclude': indices {outside} lie outside "
+            f"{prefix}_first..{prefix}_last ({first}..{last}); ignored",
+            UserWarning,
+            stacklevel=3,
+        )
+    indices = tuple(i for i in range(first, last + 1) if i not in excluded)
+    if not indices:
+        raise ParameterError(
+            f"parameter '{prefix}_exclude' removes every index of {prefix}_first..{prefix}_last "
+            f"({first}..{last}); nothing left to process"
+        )
+    several = len(indices) > 1
+    specs = tuple(
+        _absolute_spec(_expand_pattern(name, names, index, several), base) for index in indices
+    )
+    return SeriesSpec(specs=specs, indices=indices)
+
+
+def _check_path(name: str, value: Any, basepath: Path) -> str:
+    text = _check_str(name, value, "a file name (string)")
+    if not text:
+        raise ParameterError(f"parameter '{name}' must be a file name, got an empty string")
+    return str(normalise_path(text, basepath))
+
+
+def _check_spec(name: str, value: Any, basepath: Path) -> str:
+    text = _check_str(name, value, "a file name (string)")
+    if not text or text.startswith("?"):
+        raise ParameterError(f"parameter '{name}' must be a file name, got {_show(value)}")
+    return _absolute_spec(text, basepath)
+
+
+# ---------------------------------------------------------------------------
+# mapping -> HoloParams
+# ---------------------------------------------------------------------------
+
+
+def _warn_unknown(keys) -> None:
+    for key in keys:
+        if key in KNOWN_PARAMETERS:
+            continue
+        close = difflib.get_close_matches(key, KNOWN_PARAMETERS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        warnings.warn(f"unknown parameter '{key}'{hint}; ignored", UserWarning, stacklevel=4)
+
+
+def parse_parameters(
+    mapping: Mapping[str, Any],
+    basepath: str | os.PathLike | None = None,
+    *,
+    parameter_file: str | os.PathLike | None = None,
+) -> HoloParams:
+    """Validate a parsed parameter mapping and apply the defaults.
+
+    Parameters
+    ----------
+    mapping : mapping
+        The parameters as parsed from JSON. A ``null`` value counts as an
+        absent parameter (except ``align_roi``, where the reference program
+        reads ``null`` as a deprecated way to switch raw alignment off).
+    basepath : path-like, optional
+        Folder relative paths are taken from (default: current folder);
+        replaced by the ``path`` parameter when that is given.
+    parameter_file : path-like, optional
+        The file the parameters came from: gives the default ``output_name``
+        (its name with the extension ``.hdf5``) and may not be overwritten.
+
+    Returns
+    -------
+    HoloParams
+
+    Raises
+    ------
+    ParameterError
+        For the first wrong, missing or inconsistent parameter.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ParameterError(f"the parameters must be a JSON object, got {_json_kind(mapping)}")
+    for key in mapping:
+        if not isinstance(key, str):
+            raise ParameterError(f"parameter names must be strings, got {key!r}")
+    raw = copy.deepcopy(dict(mapping))
+    _warn_unknown(raw)
+    given = {k: v for k, v in raw.items() if v is not None or k == "align_roi"}
+
+    base = Path(os.path.abspath(basepath if basepath is not None else os.getcwd()))
+    if parameter_file is not None:
+        parameter_file = Path(os.path.abspath(parameter_file))
+    if "path" in given:
+        path_text = _check_str("path", given["path"], "a folder name (string)")
+        base = normalise_path(path_text, base)
+
+    def take(key: str, check, default=None, **options):
+        """``check(key, value, **options)`` of a given parameter, else ``default``."""
+        return check(key, given[key], **options) if key in given else default
+
+    values: dict[str, Any] = {"basepath": base, "raw": raw}
+    values["parameter_file"] = str(parameter_file) if parameter_file is not None else None
+
+    # --- switches ---------------------------------------------------------
+    for key, default in (
+        ("adjust_defocus", False),
+        ("adjust_shift", True),
+        ("adjust_tilt", False),
+        ("enable_raw_alignment", True),
+        ("only_phase", False),
+        ("only_align", False),
+        ("synthesize_empty", False),
+        ("output_series", False),
+        ("output_series_as_dataset", False),
+    ):
+        values[key] = take(key, _check_bool, default)
+    # the reference program writes the aligned ROIs by default when only aligning
+    values["output_aligned"] = take("output_aligned", _check_bool, values["only_align"])
+
+    # --- sizes, regions, calibration ----------------------------------------
+    for key in ("object_size", "empty_size", "binning"):
+        values[key] = take(key, _check_int, positive=True)
+    values["sampling_nm"] = take("sampling", _check_float, positive=True)
+    values["voltage_kV"] = take("voltage", _check_float, positive=True)
+    values["roi"] = take("roi", _check_roi)
+    values["align_roi"] = None
+    if "align_roi" in given:
+        if given["align_roi"] is None:
+            warnings.warn(
+                "setting 'align_roi' to null is deprecated; "
+                "set 'enable_raw_alignment' to false instead",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            values["enable_raw_alignment"] = False
+        else:
+            values["align_roi"] = _check_roi("align_roi", given["align_roi"])
+
+    if "sideband_pos" not in given:
+        raise ParameterError(
+            "parameter 'sideband_pos' is required: [x, y] pixel position of the sideband in the "
+            "centred FFT of the holograms"
+        )
+    sideband_what = "[x, y]: two numbers (pixel position in the centred FFT)"
+    sideband = _check_list("sideband_pos", given["sideband_pos"], sideband_what)
+    if len(sideband) != 2:
+        raise ParameterError(
+            f"parameter 'sideband_pos' must be {sideband_what}, got {_show(sideband)}"
+        )
+    values["sideband_pos_px"] = tuple(
+        _check_number("sideband_pos", v, sideband_what) for v in sideband
+    )
+
+    # --- cut-off and filters ------------------------------------------------
+    if "cut_off" in given and "cut_off2" in given:
+        raise ParameterError(
+            "parameters 'cut_off' and 'cut_off2' exclude each other; give only one"
+        )
+    if "cut_off" in given:
+        cut_off_per_nm = _check_float("cut_off", given["cut_off"], positive=True)
+        values["cut_off2_per_nm2"] = np.eye(2) * cut_off_per_nm**2
+        values["cut_off_given"] = True
+        default_align_cut_off = cut_off_per_nm
+    elif "cut_off2" in given:
+        values["cut_off2_per_nm2"] = _check_cut_off2(given["cut_off2"])
+        values["cut_off_given"] = False
+        # The reference program's text speaks of the geometric mean of both
+        # radii (sqrt(a*b)), but its code takes sqrt(det(cut_off2)), which for
+        # radii a and b is a*b. We follow what it computes.
+        default_align_cut_off = float(np.sqrt(np.linalg.det(values["cut_off2_per_nm2"])))
+    else:
+        raise ParameterError(
+            "parameter 'cut_off' (sideband radius in 1/nm) or 'cut_off2' "
+            "(2x2 matrix in 1/nm^2) is required"
+        )
+    values["align_cut_off_per_nm"] = take(
+        "align_cut_off", _check_float, default_align_cut_off, positive=True
+    )
+    values["filter_func"] = take("filter_func", _check_filter, FilterSpec())
+    values["mtf"] = take("mtf", _check_mtf)
+    values["defocus_first_nm"] = take("defocus_first", _check_float, 0.0)
+    values["defocus_step_nm"] = take("defocus_step", _check_float, 0.0)
+
+    # --- series ---------------------------------------------------------------
+    def series(prefix: str) -> SeriesSpec:
+        names = given[f"{prefix}_names"]
+        # first/last/exclude are checked even where a list of names ignores them
+        first = take(f"{prefix}_first", _check_int)
+        last = take(f"{prefix}_last", _check_int)
+        exclude = take(f"{prefix}_exclude", _check_exclude, ())
+        if isinstance(names, (list, tuple)):
+            return expand_names(f"{prefix}_names", names, None, None, (), base)
+        return expand_names(f"{prefix}_names", names, first, last, exclude, base)
+
+    values["object_series"] = series("object") if "object_names" in given else None
+    if values["object_series"] is not None and values["object_size"] is None:
+        raise ParameterError(
+            "parameter 'object_size' (positive integer, px) is required with 'object_names'"
+        )
+
+    values["camera_distortions"] = None
+    if "camera_distortions" in given:
+        what = "[x-file, y-file]: two file names"
+        pair = _check_list("camera_distortions", given["camera_distortions"], what)
+        if len(pair) != 2:
+            raise ParameterError(
+                f"parameter 'camera_distortions' must be {what}, got {_show(pair)}"
+            )
+        values["camera_distortions"] = tuple(
+            _check_spec("camera_distortions", p, base) for p in pair
+        )
+    values["empty_override"] = take("empty_override", _check_spec, basepath=base)
+    values["empty_series"] = series("empty") if "empty_names" in given else None
+    if values["synthesize_empty"]:
+        if values["camera_distortions"] is None:
+            raise ParameterError(
+                "parameter 'camera_distortions' ([x-file, y-file]) is required "
+                "with 'synthesize_empty'"
+            )
+        for key in ("empty_override", "empty_series"):
+            if values[key] is not None:
+                what = "empty_names" if key == "empty_series" else key
+                warnings.warn(
+                    f"parameter '{what}' is ignored because 'synthesize_empty' is true",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                values[key] = None
+    elif values["empty_override"] is not None and values["empty_series"] is not None:
+        warnings.warn(
+            "parameter 'empty_names' is ignored because 'empty_override' is given",
+            UserWarning,
+            stacklevel=3,
+        )
+        values["empty_series"] = None
+    if values["empty_size"] is None:
+        values["empty_size"] = values["object_size"]
+    needs_empty_size = values["empty_series"] is not None or values["synthesize_empty"]
+    if values["empty_size"] is None and needs_empty_size:
+        raise ParameterError(
+            "parameter 'empty_size' (or 'object_size') is required to reconstruct "
+            "the empty holograms"
+        )
+    if (
+        values["object_series"] is None
+        and values["empty_series"] is None
+        and values["empty_override"] is None
+        and not values["synthesize_empty"]
+    ):
+        raise ParameterError(
+            "nothing to do: give 'object_names' (object series), 'empty_names' (empty series) "
+            "or 'empty_override'"
+        )
+
+    # --- outputs ----------------------------------------------------------------
+    if "output" in given:
+        if "output_name" in given:
+            raise ParameterError(
+                "parameters 'output' (deprecated) and 'output_name' are both given; "
+                "keep only 'output_name'"
+            )
+        warnings.warn(
+            "parameter 'output' is deprecated; use 'output_name'", DeprecationWarning, stacklevel=3
+        )
+        values["output_name"] = take("output", _check_path, basepath=base)
+    elif "output_name" in given:
+        values["output_name"] = take("output_name", _check_path, basepath=base)
+    elif parameter_file is not None:
+        values["output_name"] = str(parameter_file.with_suffix(".hdf5"))
+    else:
+        values["output_name"] = None
+    output_name = values["output_name"]
+    if parameter_file is not None and output_name and _same_file(output_name, parameter_file):
+        raise ParameterError(
+            f"parameter 'output_name' ({values['output_name']}) would overwrite the parameter file "
+            "itself; set 'output_name' to another file"
+        )
+    values["output_prefix"] = take("output_prefix", _check_str, "")
+    values["output_qpimage"] = take("output_qpimage", _check_path, basepath=base)
+    values["outlier_cutoff"] = take("outlier_cutoff", _check_float, positive=True)
+    return HoloParams(**values)
+
+
+def _same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    try:
+        if os.path.exists(first) and os.path.exists(second):
+            return os.path.samefile(first, second)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.abspath(first)) == os.path.normcase(os.path.abspath(second))
+
+
+# ---------------------------------------------------------------------------
+# provenance
+# ---------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def parameters_json(params: HoloParams) -> str:
+    """The parameters as JSON text, for the ``holoaverage_param`` output attribute.
+
+    The text is ``raw`` (the mapping as parsed). Like the reference program,
+    an ``output_name`` that was not given but defaulted from the parameter
+    file's name is added, so the attribute names the file actually written.
+    """
+    mapping = dict(params.raw)
+    if "output_name" not in mapping and "output" not in mapping and params.output_name is not None:
+        mapping["output_name"] = params.output_name
+    return json.dumps(mapping, default=_json_default)
