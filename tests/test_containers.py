@@ -224,10 +224,6 @@ def test_image_files_metadata_and_reader_options(tmp_path):
     coords = source.frame_coords()
     np.testing.assert_array_equal(coords["angle"], [0.5, 1.5, 2.5])
     np.testing.assert_array_equal(coords["laser"], [1, 0, 1])
-    try:
-        import holodask.io.hdf5  # noqa: F401
-    except ImportError:
-        return  # the HDF5 reader is not merged yet
     doc["image-files"] = {"directory": ".", "files": ["a.h5?dataset=data", "b.tif"]}
     source = open_source(str(write_yaml(tmp_path / "h.yml", doc)))
     np.testing.assert_array_equal(read_all(source), frames)
@@ -462,10 +458,6 @@ def test_convert_to_hdf5_round_trip_with_metadata(tmp_path, capsys):
         assert (images.compression, images.compression_opts, images.shuffle) == ("gzip", 4, False)
         assert h5["a/b"].attrs["sampling_nm"] == 0.05 and h5["a/b"].attrs["voltage_kV"] == 300.0
         np.testing.assert_array_equal(h5["a/b/angle"][()], [0.0, 0.5, 1.0, 1.5])
-    try:
-        import holodask.io.hdf5  # noqa: F401
-    except ImportError:
-        return  # reading HDF5 series back needs the HDF5 reader
     back = open_source(f"{out}?path=a/b")
     np.testing.assert_array_equal(read_all(back), frames)
     assert back.metadata.sampling_nm == 0.05
@@ -485,6 +477,33 @@ def test_convert_to_frame_cache_round_trip(tmp_path):
     assert main(["convert", str(tmp_path / "in.tif"), str(yml), "--format", "frame-cache",
                  "--threshold", "96", "--output-yaml"]) == 0
     np.testing.assert_array_equal(read_all(open_source(str(yml))), expected)
+
+
+def test_convert_hdf5_series_to_frame_cache_carries_metadata(tmp_path):
+    frames = stack(4, shape=(12, 10), dtype=np.int16, high=60)
+    with h5py.File(tmp_path / "in.h5", "w") as h5:
+        group = h5.create_group("scan/holograms")
+        group["images"] = frames
+        group["angle"] = np.array([0.0, 1.0, 2.0, 3.0])
+        group.attrs["sampling_nm"] = 0.04
+        group.attrs["voltage_kV"] = 200.0
+        group.attrs["detector"] = "OneView"
+    out = tmp_path / "cache.npz"
+    assert main(["convert", f"{tmp_path / 'in.h5'}?path=scan/holograms", str(out),
+                 "--format", "frame-cache", "--threshold", "30"]) == 0
+    with np.load(out) as npz:
+        assert float(npz["sampling_nm"]) == 0.04 and float(npz["voltage_kV"]) == 200.0
+        assert str(npz["detector"]) == "OneView" and str(npz["dtype"]) == "int16"
+        np.testing.assert_array_equal(npz["angle"], [0.0, 1.0, 2.0, 3.0])
+    back = open_source(str(out))
+    np.testing.assert_array_equal(read_all(back), np.where(frames > 30, frames, 0))
+    assert back.metadata.sampling_nm == 0.04 and back.metadata.detector == "OneView"
+    # and back into an HDF5 series: frame cache -> hdf5 keeps values and metadata
+    assert main(["convert", str(out), str(tmp_path / "again.h5"), "--path", "s"]) == 0
+    again = open_source(f"{tmp_path / 'again.h5'}?path=s")
+    np.testing.assert_array_equal(read_all(again), np.where(frames > 30, frames, 0))
+    assert (again.metadata.sampling_nm, again.metadata.voltage_kV) == (0.04, 200.0)
+    np.testing.assert_array_equal(again.frame_coords()["angle"], [0.0, 1.0, 2.0, 3.0])
 
 
 def test_convert_bad_options_exit_1_without_output(tmp_path, capsys):
@@ -509,3 +528,47 @@ def test_convert_bad_options_exit_1_without_output(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.tif"), str(out), "--path", "g"]) == 1
     assert "missing.tif: file not found" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+# --------------------------------------------------------------------------- real files
+
+
+def test_image_files_of_real_dm_files_and_convert(tmp_path, dm_dir):
+    stack_file = dm_dir / "3D_test-1.dm3"
+    if not stack_file.exists():
+        pytest.skip(f"{stack_file} is absent")
+    dm_stack = open_source(str(stack_file))
+    expected = read_all(dm_stack)
+    assert expected.shape[0] > 1
+    spec = write_yaml(tmp_path / "dm.yml", {
+        "image-files": {"directory": str(dm_dir), "files": "3D_test-1.d?3"},
+        "options": {"empty-frames": 1},
+    })
+    listed = open_source(str(spec))
+    assert listed.dtype == dm_stack.dtype and listed.metadata.sampling_nm == dm_stack.metadata.sampling_nm
+    np.testing.assert_array_equal(read_all(listed), expected[1:])
+    out = tmp_path / "dm.h5"
+    assert main(["convert", str(stack_file), str(out), "--path", "dm"]) == 0
+    with h5py.File(out, "r") as h5:
+        np.testing.assert_array_equal(h5["dm/images"][()], expected)
+        assert h5["dm/images"].dtype == expected.dtype
+        if dm_stack.metadata.sampling_nm is not None:
+            assert h5["dm"].attrs["sampling_nm"] == pytest.approx(dm_stack.metadata.sampling_nm)
+
+
+def test_image_files_take_calibration_from_the_files(tmp_path, dm_dir):
+    dm_file = dm_dir / "2D_multi_signal.dm3"
+    if not dm_file.exists():
+        pytest.skip(f"{dm_file} is absent")
+    spec = write_yaml(tmp_path / "one.yml", {
+        "image-files": {"directory": str(dm_dir), "files": "2D_multi_signal.dm3 2D_multi_signal.dm3"},
+    })
+    listed = open_source(str(spec))
+    assert listed.n_frames == 2
+    assert listed.metadata.sampling_nm == pytest.approx(0.01775, rel=1e-3)
+    assert listed.metadata.voltage_kV == pytest.approx(300.0)
+    spec = write_yaml(tmp_path / "two.yml", {
+        "image-files": {"directory": str(dm_dir), "files": "2D_multi_signal.dm3"},
+        "meta": {"sampling_nm": 0.02},
+    })
+    assert open_source(str(spec)).metadata.sampling_nm == 0.02

@@ -65,19 +65,13 @@ class _Frames:
 
 
 def open_input(spec: str) -> tuple[_Frames, dict[str, Any]]:
-    """The frames of ``spec`` and the metadata to carry into the output."""
-    from holodask.io.imageseries import metadata_to_mapping
+    """The frames of ``spec`` (read lazily, one at a time) and the metadata to carry over.
 
-    try:
-        from holodask.series import open_series
-    except ImportError:  # the lazy series is not available: read the source directly
-        open_series = None
-    if open_series is None:
-        from holodask.io import open_source
-
-        source = open_source(spec)
-        metadata = metadata_to_mapping(source.metadata, source.frame_coords())
-        return _Frames(source.n_frames, source.read_frame), metadata
+    Calibration (``sampling_nm``, ``voltage_kV``, ``binning``, ``microscope``,
+    ``detector``) comes from the series' attributes, per-frame values from its
+    per-frame coordinates (``defocus_nm``, set by a run's parameters, is left out).
+    """
+    from holodask.series import open_series
 
     series = open_series(spec)
     metadata: dict[str, Any] = {}
@@ -88,7 +82,11 @@ def open_input(spec: str) -> tuple[_Frames, dict[str, Any]]:
     for name, coord in series.coords.items():
         if name not in _DERIVED_COORDS and coord.dims == ("frame",):
             metadata[name] = np.asarray(coord.values)
-    return _Frames(series.sizes["frame"], lambda i: series[i].values), metadata
+
+    def read(index: int) -> np.ndarray:
+        return np.asarray(series.isel(frame=index).values)
+
+    return _Frames(series.sizes["frame"], read), metadata
 
 
 def _choose_format(args: argparse.Namespace) -> str:
