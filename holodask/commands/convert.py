@@ -77,7 +77,7 @@ def open_input(spec: str) -> tuple[_Frames, dict[str, Any]]:
     metadata: dict[str, Any] = {}
     for name in _CALIBRATION:
         value = series.attrs.get(name)
-        if value is not None:
+        if value is not None and not (name == "binning" and value == 1):  # 1: open_series' default
             metadata[name] = value
     for name, coord in series.coords.items():
         if name not in _DERIVED_COORDS and coord.dims == ("frame",):
