@@ -602,9 +602,9 @@ def _compression_kwargs(compression: str) -> dict[str, Any]:
 
 
 def _compute(*tasks):
-    import dask
+    from holodask.cluster import compute_with_progress
 
-    return dask.compute(*tasks)
+    return compute_with_progress(*tasks)
 
 
 def find_spots(

@@ -61,6 +61,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--memory", type=float, default=256.0, metavar="MIB",
                         help="working-memory budget of one statistics block in MiB [default: 256]")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more messages")
+    from holodask.cluster import add_scheduler_arguments
+
+    add_scheduler_arguments(parser)
 
 
 def default_output(input_spec: str) -> Path:
@@ -141,12 +144,15 @@ def run(args) -> int:
     if any(parse_spec(s).path.resolve() == output.resolve() for s in args.inputs):
         raise ParameterError(f"-o/--output: {output} is an input file; choose another name")
 
+    from holodask.cluster import compute_context, options_from_args
+
     series = open_input(list(args.inputs))
     n_frames = series.shape[0]
     angles = read_hdf5_frame_values(args.inputs, args.angle_dataset, "lauecollect/angle", n_frames)
     laser = read_hdf5_frame_values(args.inputs, args.laser_dataset, "lauecollect/laser", n_frames)
-    summary = find_spots(series, output, settings, laser=laser, angles=angles,
-                         source=" ".join(args.inputs))
+    with compute_context(options_from_args(args)):
+        summary = find_spots(series, output, settings, laser=laser, angles=angles,
+                             source=" ".join(args.inputs))
     print(f"{output}: {summary['n_frames']} frames, {summary['n_masks']} masks, "
           f"{summary['n_spots']} spots (n_removed = {summary['n_removed']})")
     return 0
