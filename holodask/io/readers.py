@@ -8,6 +8,7 @@ _READER_MODULES = (
     "holodask.io.raw",
     "holodask.io.imagefiles",
     "holodask.io.framecache",
+    "holodask.io.tiff",
 )
 
 for _name in _READER_MODULES:

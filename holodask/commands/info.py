@@ -1,0 +1,110 @@
+"""``holodask info SPEC [--fft]``: what a file holds and how it is calibrated."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from holodask.errors import ParameterError
+from holodask.io.registry import FrameSource, open_source
+
+HELP = "show shape, pixel type, frames and calibration of image files (and the sideband with --fft)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "specs",
+        nargs="+",
+        metavar="SPEC",
+        help="file spec: path?key=value&key=value (e.g. a.hdf5?dataset=data, b.raw?xsize=..)",
+    )
+    parser.add_argument(
+        "--fft",
+        action="store_true",
+        help="also locate the upper sideband [x, y] in the centred FFT (sideband_pos convention)",
+    )
+    parser.add_argument(
+        "--frame", type=int, default=0, help="frame analysed by --fft (0-based, default 0)"
+    )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="for a result file: the output_prefix to summarise (default: every result in it)",
+    )
+
+
+def _value(value, unit: str = "") -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, float):
+        value = f"{value:.10g}"
+    return f"{value} {unit}".rstrip()
+
+
+def describe(source: FrameSource) -> list[tuple[str, str]]:
+    """(label, text) lines describing a source and its calibration."""
+    meta = source.metadata
+    if meta.sampling_nm is not None:
+        sampling = _value(meta.sampling_nm, "nm/px")
+    elif meta.extra.get("sampling_unit"):
+        scale = meta.extra.get("sampling_scale")
+        sampling = (
+            f"unknown ({_value(scale)} {meta.extra['sampling_unit']}/px is not a length; "
+            "give the parameter 'sampling')"
+        )
+    else:
+        sampling = "unknown (give the parameter 'sampling')"
+    rows, cols = source.shape
+    return [
+        ("file", str(source.spec)),
+        ("reader", type(source).__name__),
+        ("frames", str(source.n_frames)),
+        ("shape", f"{rows} x {cols} (rows x columns)"),
+        ("dtype", str(np.dtype(source.dtype))),
+        ("sampling", sampling),
+        ("voltage", _value(meta.voltage_kV, "kV")),
+        ("binning", _value(meta.binning)),
+        ("microscope", _value(meta.microscope)),
+        ("detector", _value(meta.detector)),
+    ]
+
+
+def _result_summary(spec: str, prefix: str | None) -> str | None:
+    """Summary of a result file (holodask or holoaverage output), else ``None``."""
+    if "?" in spec:
+        return None
+    from holodask.results import describe_result, result_prefixes
+
+    prefixes = result_prefixes(spec)
+    if not prefixes:
+        return None
+    chosen = prefixes if prefix is None else [prefix]
+    return "\n\n".join(describe_result(spec, prefix=p) for p in chosen)
+
+
+def run(args: argparse.Namespace) -> int:
+    for number, spec in enumerate(args.specs):
+        summary = _result_summary(spec, args.prefix)
+        if summary is not None:
+            if number:
+                print()
+            print(summary)
+            continue
+        source = open_source(spec)
+        lines = describe(source)
+        if args.fft:
+            from holodask.sideband import find_sideband
+
+            if not 0 <= args.frame < source.n_frames:
+                raise ParameterError(
+                    f"--frame: expected 0 to {source.n_frames - 1}, got {args.frame}"
+                )
+            x, y = find_sideband(source.read_frame(args.frame))
+            lines.append(("sideband", f"[{x:.1f}, {y:.1f}]  (x, y in the centred FFT, upper)"))
+        if number:
+            print()
+        width = max(len(label) for label, _ in lines) + 1
+        for label, text in lines:
+            print(f"{label + ':':<{width}} {text}")
+    return 0

@@ -1,0 +1,168 @@
+"""Digital Micrograph DM3/DM4 files, read through RosettaSciIO.
+
+The first 2-D image (or 3-D image stack: frames x rows x columns) of the file
+is used; other signals (spectra, line profiles) are skipped. Pixel data are
+read lazily where RosettaSciIO supports it (every type but RGB(A)). RGB(A)
+images are turned into grey values (float32 luma 0.299 R + 0.587 G + 0.114 B).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from holodask.errors import InputFileError
+from holodask.io.calibration import length_to_nm, to_float, to_text
+from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, register_reader
+
+__all__ = ["DMSource", "rgb_to_grey"]
+
+_VOLTAGE_TAG = ("Microscope Info", "Voltage")  # volts
+_MICROSCOPE_TAGS = (("Microscope Info", "Name"), ("Session Info", "Microscope"))
+_DETECTOR_TAGS = (
+    ("Acquisition", "Device", "Name"),
+    ("DataBar", "Device Name"),
+    ("Session Info", "Detector"),
+)
+_BINNING_TAGS = (
+    ("Acquisition", "Parameters", "High Level", "Binning"),
+    ("Acquisition", "Parameters", "Detector", "hbin"),
+    ("Acquisition", "Frame", "Area", "Transform", "Transform List", "TagGroup0", "Binning"),
+)
+
+
+def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
+    """Grey values (float32) of a structured RGB(A) array with fields R, G, B."""
+    return (
+        0.299 * rgb["R"].astype(np.float32)
+        + 0.587 * rgb["G"].astype(np.float32)
+        + 0.114 * rgb["B"].astype(np.float32)
+    ).astype(np.float32)
+
+
+def _read_signals(path, lazy: bool) -> list[dict[str, Any]]:
+    from rsciio.digitalmicrograph import file_reader
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return file_reader(str(path), lazy=lazy)
+
+
+def _is_rgb(dtype: np.dtype) -> bool:
+    return dtype.names is not None and {"R", "G", "B"} <= set(dtype.names)
+
+
+def _lookup(tree: dict, keys: tuple[str, ...]):
+    node: Any = tree
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _pick_image(signals: list[dict[str, Any]], path) -> tuple[int, dict[str, Any]]:
+    """Index and dictionary of the first 2-D or 3-D image signal."""
+    for number, signal in enumerate(signals):
+        shape = tuple(signal["data"].shape)
+        axes = signal["axes"]
+        if len(shape) not in (2, 3) or len(axes) != len(shape):
+            continue
+        if any(axis.get("navigate", False) for axis in axes[-2:]):
+            continue  # spectrum image or line scan, not an image
+        return number, signal
+    described = ", ".join(str(tuple(s["data"].shape)) for s in signals) or "none"
+    raise InputFileError(f"{path}: holds no 2-D image or 3-D image stack (signals: {described})")
+
+
+@register_reader("dm3", "dm4")
+class DMSource(FrameSource):
+    """Frames of a Digital Micrograph image or image stack."""
+
+    def __init__(self, spec: FileSpec):
+        super().__init__(spec)
+        try:
+            signals = _read_signals(spec.path, lazy=True)
+            self._lazy = True
+        except ValueError as exc:
+            if "RGB" not in str(exc):
+                raise InputFileError(f"{spec.path}: cannot read DM file ({exc})") from None
+            signals = _read_signals(spec.path, lazy=False)  # RGB(A): no lazy reading
+            self._lazy = False
+        except Exception as exc:  # rsciio raises many kinds on broken files
+            raise InputFileError(f"{spec.path}: cannot read DM file ({exc})") from None
+        self._signal_number, signal = _pick_image(signals, spec.path)
+        data = signal["data"]
+        shape = tuple(int(n) for n in data.shape)
+        self._shape3 = shape if len(shape) == 3 else (1, *shape)
+        self._stored_dtype = np.dtype(data.dtype)
+        self._rgb = _is_rgb(self._stored_dtype)
+        # a lazy Dask array (picklable, opens the file in its own tasks); None for RGB(A)
+        self._data = data if self._lazy else None
+        self._metadata = self._read_metadata(signal)
+
+    def _read_metadata(self, signal: dict[str, Any]) -> FrameMetadata:
+        meta = FrameMetadata()
+        x_axis = signal["axes"][-1]
+        units = to_text(x_axis.get("units")) or ""
+        scale = to_float(x_axis.get("scale"))
+        meta.sampling_nm = length_to_nm(scale, units)
+        if meta.sampling_nm is None and units:  # a unit, but not a length
+            meta.extra["sampling_unit"] = units
+            meta.extra["sampling_scale"] = scale
+        tags = _lookup(signal.get("original_metadata", {}), ("ImageList", "TagGroup0", "ImageTags"))
+        tags = tags if isinstance(tags, dict) else {}
+        tem = _lookup(signal.get("metadata", {}), ("Acquisition_instrument", "TEM")) or {}
+        voltage_kV = to_float(tem.get("beam_energy"))
+        if voltage_kV is None:
+            volts = to_float(_lookup(tags, _VOLTAGE_TAG))
+            voltage_kV = volts / 1000.0 if volts else None
+        meta.voltage_kV = voltage_kV
+        meta.microscope = to_text(tem.get("microscope"))
+        for keys in _MICROSCOPE_TAGS:
+            meta.microscope = meta.microscope or to_text(_lookup(tags, keys))
+        for keys in _DETECTOR_TAGS:
+            meta.detector = meta.detector or to_text(_lookup(tags, keys))
+        for keys in _BINNING_TAGS:
+            binning = to_float(_lookup(tags, keys))
+            if binning and binning >= 1:
+                meta.binning = int(binning)
+                break
+        title = to_text(_lookup(signal.get("metadata", {}), ("General", "title")))
+        if title:
+            meta.extra["title"] = title
+        if self._rgb:
+            meta.extra["converted_from"] = str(self._stored_dtype)
+        return meta
+
+    @property
+    def n_frames(self) -> int:
+        return int(self._shape3[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self._shape3[1]), int(self._shape3[2]))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32) if self._rgb else self._stored_dtype
+
+    @property
+    def metadata(self) -> FrameMetadata:
+        return self._metadata
+
+    def read_frame(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.n_frames:
+            raise IndexError(f"{self.spec.path}: frame {index} of {self.n_frames}")
+        if self._data is not None:
+            data = self._data
+            part = data if data.ndim == 2 else data[index]
+            frame = np.array(part.compute(scheduler="synchronous"))
+        else:
+            data = _read_signals(self.spec.path, lazy=False)[self._signal_number]["data"]
+            frame = np.array(data if data.ndim == 2 else data[index])
+        if self._rgb:
+            frame = rgb_to_grey(frame)
+        return frame

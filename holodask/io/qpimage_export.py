@@ -1,0 +1,165 @@
+"""Export of results to the QPImage / QPSeries HDF5 format of the quantitative
+phase imaging tools (``qpimage``).
+
+A QPImage file has groups ``amplitude`` and ``phase``, each with a float32
+dataset ``raw`` and an (empty) group ``bg_data``; the root attributes hold
+``wavelength`` (m; the relativistic electron wavelength), ``pixel size`` (m),
+``medium index`` (1.0, vacuum), ``time`` (s) when the result knows it,
+``identifier``, ``software`` (holodask) and ``qpimage version`` (the
+qpimage release whose layout is followed; qpimage needs it to open a file
+read-only). A QPSeries file holds one such QPImage per
+hologram in groups ``qpi_0``, ``qpi_1``, ... (no leading zeros, numbered from
+0 as :class:`qpimage.QPSeries` numbers them).
+
+The files are written with h5py (qpimage itself is not needed), each through a
+temporary file that replaces the destination only when complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from holodask import __version__
+from holodask.constants import electron_wavelength_nm
+from holodask.errors import DataError, ParameterError
+from holodask.io.holo_hdf5 import HoloOutputFile, check_output_path
+
+#: refractive index of the medium: electrons travel in vacuum
+MEDIUM_INDEX = 1.0
+
+#: the qpimage release whose file layout is written; recorded as ``qpimage version``
+#: (qpimage opens a file read-only only when that attribute is present)
+QPIMAGE_FORMAT_VERSION = "0.9.3"
+
+
+def wave_to_amplitude_phase(wave: np.ndarray, unwrap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Amplitude and phase (rad) of a complex wave, both float32.
+
+    With ``unwrap`` the phase is unwrapped with
+    :func:`skimage.restoration.unwrap_phase`; otherwise it lies in [-pi, pi].
+    """
+    wave = np.asarray(wave)
+    amplitude = np.abs(wave).astype(np.float32)
+    phase = np.angle(wave)
+    if unwrap:
+        from skimage.restoration import unwrap_phase
+
+        phase = unwrap_phase(phase)
+    return amplitude, np.asarray(phase, dtype=np.float32)
+
+
+def qpimage_meta(result, *, voltage_kV=None, identifier=None) -> dict:
+    """Root attributes of a QPImage for a result opened with :func:`open_result`."""
+    attrs = result.attrs
+    if voltage_kV is None:
+        voltage_kV = attrs.get("voltage_kV")
+    if voltage_kV is None:
+        raise DataError(f"result {attrs.get('source', '')} has no voltage(kV) attribute; "
+                        "give the acceleration voltage (--voltage) to compute the wavelength")
+    sampling_nm = attrs.get("sampling_nm")
+    if sampling_nm is None:
+        raise DataError(f"result {attrs.get('source', '')} has no dim_scale attribute; "
+                        "the pixel size is unknown")
+    meta = {
+        "wavelength": electron_wavelength_nm(voltage_kV) * 1e-9,
+        "pixel size": float(sampling_nm) * 1e-9,
+        "medium index": MEDIUM_INDEX,
+        "qpimage version": QPIMAGE_FORMAT_VERSION,
+        "software": f"holodask {__version__}",
+    }
+    time_s = attrs.get("time", attrs.get("time(s)"))
+    if time_s is not None:
+        meta["time"] = float(np.ravel(time_s)[0])
+    if identifier is not None:
+        meta["identifier"] = str(identifier)
+    return meta
+
+
+def _write_qpimage(group: h5py.Group, wave, meta: dict, unwrap: bool) -> None:
+    amplitude, phase = wave_to_amplitude_phase(wave, unwrap=unwrap)
+    for name, image in (("amplitude", amplitude), ("phase", phase)):
+        sub = group.create_group(name)
+        sub.create_dataset("raw", data=image)
+        sub.create_group("bg_data")
+    for key, value in meta.items():
+        group.attrs[key] = value
+
+
+def average_path(out_path) -> Path:
+    """Where the average goes when ``out_path`` receives the series: ``OUT_average.h5``."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}_average{out_path.suffix or '.h5'}")
+
+
+def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False,
+                   unwrap: bool = True, voltage_kV: float | None = None) -> list[Path]:
+    """Export a result file to QPImage (average) or QPSeries (individual holograms).
+
+    Parameters
+    ----------
+    result_path : str or Path
+        Result HDF5 file (holodask or reference program).
+    out_path : str or Path
+        QPImage file of the averaged object wave ``data``; with ``series`` the
+        QPSeries file of the result's ``series`` output, and the average goes
+        to ``OUT_average.h5`` beside it (see :func:`average_path`) when the
+        result holds ``data``.
+    prefix : str
+        The result's ``output_prefix``.
+    series : bool
+        Export the individual reconstructions as a QPSeries.
+    unwrap : bool
+        Unwrap the phase (:func:`skimage.restoration.unwrap_phase`).
+    voltage_kV : float, optional
+        Acceleration voltage, when the result does not record it.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    from holodask.results import open_result
+
+    out_path = check_output_path(out_path)
+    result = open_result(result_path, prefix=prefix)
+    source = Path(result_path).name
+    label = f"{source}:{prefix}"
+    written: list[Path] = []
+    if not series:
+        if "data" not in result:
+            raise DataError(f"result file {result_path} holds no averaged object wave "
+                            f"'{prefix}data' to export")
+        meta = qpimage_meta(result, voltage_kV=voltage_kV, identifier=f"holodask:{label}data")
+        with HoloOutputFile(out_path, fresh=True) as out:
+            _write_qpimage(out.file, result["data"].values, meta, unwrap)
+        return [out_path]
+    if "series" not in result:
+        raise DataError(f"result file {result_path} holds no series '{prefix}series' to export "
+                        "(run with output_series set)")
+    meta = qpimage_meta(result, voltage_kV=voltage_kV)
+    frames = result["series"]
+    average = average_path(out_path) if "data" in result else None
+    if average is not None and average.resolve() == out_path.resolve():
+        raise ParameterError(f"--qpimage: {out_path} would hold both the series and the average")
+    with HoloOutputFile(out_path, fresh=True) as out:
+        out.file.attrs["identifier"] = f"holodask:{label}series"
+        out.file.attrs["qpimage version"] = QPIMAGE_FORMAT_VERSION
+        for k, frame_index in enumerate(frames["frame"].values):
+            wave = frames.isel(frame=k).values  # one frame in memory at a time
+            group = out.file.create_group(f"qpi_{k}")
+            _write_qpimage(group, wave, {**meta, "identifier":
+                                         f"holodask:{label}series:{int(frame_index)}"}, unwrap)
+        if average is not None:
+            with HoloOutputFile(average, fresh=True) as out_average:
+                _write_qpimage(out_average.file, result["data"].values,
+                               {**meta, "identifier": f"holodask:{label}data"}, unwrap)
+            written.append(average)
+    written.insert(0, out_path)
+    return written
+
+
+__all__ = ["export_qpimage", "wave_to_amplitude_phase", "qpimage_meta", "average_path",
+           "MEDIUM_INDEX", "QPIMAGE_FORMAT_VERSION"]

@@ -1,0 +1,391 @@
+"""Reading result files (holodask's or the reference program's) back as xarray.
+
+:func:`open_result` gives an :class:`xarray.Dataset` with the averaged waves,
+the per-hologram fit results and, lazily, the individual reconstructions;
+:func:`describe_result` a human-readable summary of the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import h5py
+import numpy as np
+import xarray as xr
+
+from holodask.errors import DataError, InputFileError
+from holodask.io.holo_hdf5 import CUT_OFF_ATTR, CUT_OFF_ATTR_REFERENCE, read_complex
+
+#: image datasets of a result, in the order they are looked for
+IMAGE_NAMES = ("data", "empty", "variance")
+
+#: per-hologram attributes -> (variable name, has an (X, Y) axis)
+_PER_FRAME = {
+    "factor": ("factor", False),
+    "shift(nm)": ("shift_nm", True),
+    "tilt(1/nm)": ("tilt_per_nm", True),
+    "defocus(nm)": ("defocus_nm", False),
+    "error": ("error", False),
+    "raw_shift": ("raw_shift_px", True),
+}
+
+#: attributes not copied into ``Dataset.attrs`` (they become variables or coords)
+_NOT_ATTRS = set(_PER_FRAME) | {"convergence", "frame_index", "dim_scale", "dim_offset",
+                                "dim_unit", "holoaverage_param", "CLASS", "DISPLAY_ORIGIN",
+                                "IMAGE_MINMAXRANGE", "IMAGE_SUBCLASS", "IMAGE_WHITE_IS_ZERO",
+                                "_dtype", "_indexShape", "_shape"}
+
+
+def _python_value(value: Any) -> Any:
+    """An HDF5 attribute value as plain Python / numpy (strings decoded)."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "SO" or value.dtype.kind == "U":
+            return [_python_value(v) for v in value.ravel().tolist()]
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        raise InputFileError(f"result file {path} does not exist")
+    if path.is_dir():
+        raise InputFileError(f"result file {path} is a directory, expected an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputFileError(f"result file {path} is not a readable HDF5 file ({exc})") from exc
+
+
+def _find_prefixes(f: h5py.File) -> list[str]:
+    """Prefixes under which the file holds a result (a ``data`` or ``empty`` dataset)."""
+    found: list[str] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            for image in ("data", "empty"):
+                if name.endswith(image):
+                    prefix = name[: -len(image)]
+                    if prefix not in found and (not prefix or not prefix.endswith("series/")):
+                        found.append(prefix)
+
+    f.visititems(visit)
+    return sorted(found)
+
+
+def _axis_coords(attrs, shape) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """y and x coordinates (nm) of an image from ``dim_scale`` / ``dim_offset``."""
+    height, width = shape[-2:]
+    scale = np.asarray(attrs.get("dim_scale", [1.0, 1.0]), dtype=np.float64)
+    if scale.shape == (2, 2):  # the reference writes a sampling matrix for some datasets
+        scale = np.diag(scale)
+    scale = np.broadcast_to(scale.ravel()[:2] if scale.size >= 2 else scale, (2,))
+    offset = np.asarray(attrs.get("dim_offset", [0.0, 0.0]), dtype=np.float64).ravel()
+    offset = np.broadcast_to(offset[:2] if offset.size >= 2 else offset, (2,))
+    x = offset[0] + np.arange(width) * scale[0]
+    y = offset[1] + np.arange(height) * scale[1]
+    sampling = float(scale[0]) if "dim_scale" in attrs else None
+    return y, x, sampling
+
+
+class _H5Frames:
+    """Picklable lazy view of a stored series, one 2-D frame per item.
+
+    ``names`` lists the datasets of a series group in order, or is ``None`` for
+    one 3-D dataset. The file is opened for each read and closed again.
+    """
+
+    def __init__(self, path: str, name: str, names: list[str] | None, shape, dtype=np.complex64):
+        self.path = path
+        self.name = name
+        self.names = names
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        frames = range(self.shape[0])[key[0]]
+        single = isinstance(frames, int)
+        frames = [frames] if single else list(frames)
+        out = np.empty((len(frames), *self.shape[1:]), dtype=self.dtype)
+        with h5py.File(self.path, "r") as f:
+            for k, index in enumerate(frames):
+                if self.names is None:
+                    item = f[self.name][index]
+                else:
+                    item = f[f"{self.name}/{self.names[index]}"]
+                out[k] = read_complex(item)
+        out = out[(slice(None), key[1], key[2])]
+        return out[0] if single else out
+
+
+def _series_variable(path: Path, f: h5py.File, name: str, y, x) -> xr.DataArray | None:
+    if name not in f:
+        return None
+    obj = f[name]
+    if isinstance(obj, h5py.Group):
+        names = sorted((k for k in obj.keys() if k.isdigit() and isinstance(obj[k], h5py.Dataset)),
+                       key=int)
+        if not names:
+            return None
+        frame_shape = obj[names[0]].shape
+        shape = (len(names), *frame_shape)
+        source = _H5Frames(str(path), name, names, shape)
+    else:
+        if obj.ndim != 3:
+            raise DataError(f"result file {path}: series {name!r} has {obj.ndim} dimensions, expected 3")
+        shape = obj.shape
+        source = _H5Frames(str(path), name, None, shape)
+    y_s, x_s, _ = _axis_coords(obj.attrs, shape)
+    if len(y) == shape[1] and len(x) == shape[2]:
+        dims, coords = ("frame", "y", "x"), {"y": y, "x": x}
+    elif len(y) == 0:
+        dims, coords = ("frame", "y", "x"), {"y": y_s, "x": x_s}
+    else:
+        dims, coords = ("frame", "series_y", "series_x"), {"series_y": y_s, "series_x": x_s}
+    array = da.from_array(source, chunks=(1, *shape[1:]), asarray=False, fancy=False,
+                          name=f"holodask-series-{path}-{name}-{Path(path).stat().st_mtime_ns}")
+    return xr.DataArray(array, dims=dims, coords=coords, name="series")
+
+
+def open_result(path, prefix: str = "") -> xr.Dataset:
+    """Open a result file as an :class:`xarray.Dataset`.
+
+    Parameters
+    ----------
+    path : str or Path
+        HDF5 file written by holodask or by the reference program.
+    prefix : str
+        The ``output_prefix`` the result was written with.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables (those present): ``data`` and ``empty`` (complex64, dims
+        ``y``/``x`` in nm; ``empty`` gets ``empty_y``/``empty_x`` when its
+        size or sampling differs), ``variance`` (float32); per hologram along
+        ``frame``: ``factor`` (complex), ``shift_nm``, ``tilt_per_nm`` and
+        ``raw_shift_px`` (with axis ``xy`` = ["x", "y"]), ``defocus_nm``,
+        ``error``; ``convergence`` along ``iteration``; ``series`` (lazy,
+        Dask-backed, dims ``frame``/``y``/``x``) when the file holds one.
+        ``attrs`` hold ``parameters`` (the parsed parameter JSON),
+        ``sampling_nm``, ``source``, ``prefix`` and the other attributes of
+        the datasets (e.g. ``voltage(kV)``, ``carrier(nm-1)``).
+    """
+    path = Path(path)
+    prefix = (prefix or "").lstrip("/")
+    with _open_h5(path) as f:
+        present = [n for n in IMAGE_NAMES if f"{prefix}{n}" in f
+                   and isinstance(f[f"{prefix}{n}"], h5py.Dataset)]
+        has_series = f"{prefix}series" in f
+        if not present and not has_series:
+            prefixes = _find_prefixes(f)
+            hint = (f"; it holds results with prefix {', '.join(repr(p) for p in prefixes)}"
+                    if prefixes else "")
+            raise InputFileError(f"result file {path} holds no result with prefix {prefix!r} "
+                                 f"(no dataset {prefix}data, {prefix}empty or {prefix}series){hint}")
+        variables: dict[str, xr.DataArray] = {}
+        attrs: dict[str, Any] = {}
+        main_attrs: dict[str, Any] = {}
+        y = x = np.array([])
+        sampling = None
+        main = next((n for n in ("data", "variance", "empty") if n in present), None)
+        if main is not None:
+            main_attrs = dict(f[f"{prefix}{main}"].attrs)
+            y, x, sampling = _axis_coords(main_attrs, f[f"{prefix}{main}"].shape)
+        for name in present:
+            dataset = f[f"{prefix}{name}"]
+            if dataset.ndim != 2:
+                raise DataError(f"result file {path}: {dataset.name} has shape {dataset.shape}, "
+                                "expected a 2-D image")
+            values = (dataset[()].astype(np.float32) if name == "variance"
+                      else read_complex(dataset))
+            ds_y, ds_x, _ = _axis_coords(dataset.attrs, dataset.shape)
+            if (ds_y.shape == y.shape and ds_x.shape == x.shape
+                    and np.allclose(ds_y, y) and np.allclose(ds_x, x)):
+                variables[name] = xr.DataArray(values, dims=("y", "x"), coords={"y": y, "x": x})
+            else:
+                dims = (f"{name}_y", f"{name}_x")
+                variables[name] = xr.DataArray(values, dims=dims,
+                                               coords={dims[0]: ds_y, dims[1]: ds_x})
+            for key, value in dataset.attrs.items():
+                if key not in _NOT_ATTRS and key not in attrs:
+                    attrs[key] = _python_value(value)
+        if main is None and has_series:
+            series_obj = f[f"{prefix}series"]
+            main_attrs = dict(series_obj.attrs)
+        # per-hologram results
+        n_frames = None
+        for key, (var, has_xy) in _PER_FRAME.items():
+            if key not in main_attrs:
+                continue
+            value = np.asarray(main_attrs[key])
+            if key == "factor":
+                if value.dtype.names:
+                    value = value[value.dtype.names[0]] + 1j * value[value.dtype.names[1]]
+                elif value.dtype.kind != "c" and value.ndim == 2 and value.shape[-1] == 2:
+                    value = value[:, 0] + 1j * value[:, 1]  # (real, imaginary) pairs
+                value = value.astype(np.complex128).ravel()
+            if has_xy:
+                value = value.reshape(-1, 2)
+                variables[var] = xr.DataArray(value, dims=("frame", "xy"))
+            else:
+                variables[var] = xr.DataArray(value.ravel(), dims=("frame",))
+            n_frames = variables[var].shape[0]
+        if "convergence" in main_attrs:
+            conv = np.asarray(main_attrs["convergence"], dtype=np.float64).ravel()
+            variables["convergence"] = xr.DataArray(conv, dims=("iteration",),
+                                                    coords={"iteration": np.arange(conv.size)})
+        series = _series_variable(path, f, f"{prefix}series", y, x) if has_series else None
+        if series is not None:
+            variables["series"] = series
+            n_frames = series.shape[0] if n_frames is None else n_frames
+        param_text = main_attrs.get("holoaverage_param")
+        if param_text is None:
+            for name in present:
+                param_text = f[f"{prefix}{name}"].attrs.get("holoaverage_param")
+                if param_text is not None:
+                    break
+    coords: dict[str, Any] = {}
+    if n_frames is not None:
+        frame_index = main_attrs.get("frame_index")
+        if frame_index is not None and np.size(frame_index) == n_frames:
+            coords["frame"] = np.asarray(frame_index, dtype=np.int64)
+        else:
+            coords["frame"] = np.arange(n_frames)
+    if any("xy" in v.dims for v in variables.values()):
+        coords["xy"] = ["x", "y"]
+    result = xr.Dataset(variables, coords=coords)
+    if param_text is not None:
+        text = _python_value(param_text)
+        attrs["holoaverage_param"] = text
+        try:
+            attrs["parameters"] = json.loads(text)
+        except (TypeError, ValueError):
+            attrs["parameters"] = {}
+    else:
+        attrs["parameters"] = {}
+    if CUT_OFF_ATTR_REFERENCE in attrs and CUT_OFF_ATTR not in attrs:
+        attrs[CUT_OFF_ATTR] = attrs[CUT_OFF_ATTR_REFERENCE]
+    if sampling is not None:
+        attrs["sampling_nm"] = sampling
+    if "voltage(kV)" in attrs:
+        attrs["voltage_kV"] = float(attrs["voltage(kV)"])
+    attrs["source"] = str(path)
+    attrs["prefix"] = prefix
+    result.attrs.update(attrs)
+    return result
+
+
+def result_prefixes(path) -> list[str]:
+    """Prefixes under which ``path`` holds a result (``data`` or ``empty``);
+    empty when it is not a readable HDF5 file or holds none."""
+    path = Path(path)
+    try:
+        if not h5py.is_hdf5(path):
+            return []
+        with h5py.File(path, "r") as f:
+            return _find_prefixes(f)
+    except OSError:
+        return []
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return np.array2string(value, precision=6, separator=", ", threshold=12).replace("\n", "")
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def describe_result(path, prefix: str = "") -> str:
+    """Human-readable summary of a result file (for ``holodask info RESULT.hdf5``).
+
+    Lists every dataset of the file with shape and dtype, then for the result
+    under ``prefix``: calibration, the parameters used, the convergence of the
+    averaging and a table of per-hologram shift, tilt, defocus, factor and error.
+    """
+    path = Path(path)
+    lines = [f"result file {path}"]
+    with _open_h5(path) as f:
+        entries = []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                dtype = obj.dtype
+                kind = ("complex (r/i float32)" if dtype == np.complex64
+                        else "complex (r/i float64)" if dtype == np.complex128 else str(dtype))
+                entries.append(f"  {name:<28s} {'x'.join(map(str, obj.shape)):>12s}  {kind}")
+
+        f.visititems(visit)
+        if len(entries) > 40:
+            hidden = len(entries) - 40
+            entries = entries[:40] + [f"  ... ({hidden} more datasets)"]
+        lines.append("datasets:")
+        lines.extend(entries)
+    result = open_result(path, prefix)
+    a = result.attrs
+    lines.append(f"result (prefix {prefix!r}):")
+    for name in ("data", "empty", "variance", "series"):
+        if name in result:
+            var = result[name]
+            lines.append(f"  {name}: {' x '.join(f'{d}={n}' for d, n in var.sizes.items())}, "
+                         f"{var.dtype}")
+    calibration = []
+    if "sampling_nm" in a:
+        calibration.append(f"sampling {a['sampling_nm']:.6g} nm/px")
+    if "voltage_kV" in a:
+        calibration.append(f"voltage {a['voltage_kV']:g} kV")
+    for key in ("microscope", "detector"):
+        if key in a:
+            calibration.append(f"{key} {a[key]}")
+    if calibration:
+        lines.append("  " + ", ".join(calibration))
+    for key in ("carrier(nm-1)", CUT_OFF_ATTR, "reconstructionMaskType", "roi", "align_roi",
+                "binning", "holoaverage_version", "holodask_version"):
+        if key in a:
+            lines.append(f"  {key}: {_format_value(a[key])}")
+    if a.get("parameters"):
+        lines.append("parameters:")
+        for key, value in a["parameters"].items():
+            text = json.dumps(value)
+            if len(text) > 100:
+                text = text[:97] + "..."
+            lines.append(f"  {key}: {text}")
+    if "convergence" in result:
+        conv = result["convergence"].values
+        lines.append("convergence (total squared residual per iteration):")
+        lines.append("  " + "  ".join(f"{v:.4e}" for v in conv))
+    if "frame" in result.coords and any(v in result for v in ("shift_nm", "factor", "error")):
+        lines.append("per hologram:")
+        header = (f"  {'frame':>5s} {'shift_x(nm)':>11s} {'shift_y(nm)':>11s} "
+                  f"{'tilt_x(1/nm)':>12s} {'tilt_y(1/nm)':>12s} {'defocus(nm)':>11s} "
+                  f"{'|factor|':>8s} {'arg(rad)':>8s} {'error':>11s}")
+        lines.append(header)
+
+        def get(name, k, j=None):
+            if name not in result:
+                return np.nan
+            v = result[name].values[k]
+            return v if j is None else v[j]
+
+        for k, frame in enumerate(result["frame"].values):
+            factor = get("factor", k)
+            lines.append(
+                f"  {int(frame):5d} {get('shift_nm', k, 0):11.4f} {get('shift_nm', k, 1):11.4f} "
+                f"{get('tilt_per_nm', k, 0):12.6f} {get('tilt_per_nm', k, 1):12.6f} "
+                f"{get('defocus_nm', k):11.3f} {abs(factor):8.4f} {np.angle(factor):+8.3f} "
+                f"{get('error', k):11.4e}")
+    return "\n".join(lines)
+
+
+__all__ = ["open_result", "describe_result", "result_prefixes"]

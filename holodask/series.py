@@ -1,0 +1,238 @@
+"""Lazy hologram series: many files (or frames inside files) as one Dask-backed DataArray.
+
+Nothing is read when the series is opened except the file headers; each frame
+is one Dask chunk whose task reads that frame from its (picklable) source where
+the task runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from holodask.errors import InputFileError, ParameterError
+from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, open_source
+
+__all__ = [
+    "open_series",
+    "open_frames",
+    "open_sources",
+    "series_from_sources",
+    "read_source_frame",
+    "frames_of",
+]
+
+SpecLike = str | os.PathLike | FileSpec
+
+
+def read_source_frame(source: FrameSource, index: int) -> np.ndarray:
+    """Read frame ``index`` of ``source`` as a (1, rows, columns) block."""
+    frame = np.asarray(source.read_frame(index))
+    if frame.shape != tuple(source.shape):
+        raise InputFileError(
+            f"{source.spec}: frame {index} has shape {frame.shape}, "
+            f"expected {tuple(source.shape)}"
+        )
+    return frame.astype(source.dtype, copy=False)[np.newaxis]
+
+
+def _as_spec_list(specs) -> list[SpecLike]:
+    if isinstance(specs, (str, os.PathLike, FileSpec)):
+        return [specs]
+    if specs is None:
+        raise InputFileError("no input files given")
+    spec_list = list(specs)
+    if not spec_list:
+        raise InputFileError("no input files given (empty list of file specs)")
+    return spec_list
+
+
+def open_sources(specs, basepath=None) -> list[FrameSource]:
+    """Open every file spec (headers only) with its registered reader."""
+    return [open_source(spec, basepath) for spec in _as_spec_list(specs)]
+
+
+def _check_consistent(sources: Sequence[FrameSource]) -> None:
+    first = sources[0]
+    for source in sources:
+        if source.n_frames < 1:
+            raise InputFileError(f"{source.spec}: file holds no frames")
+        if tuple(source.shape) != tuple(first.shape):
+            raise InputFileError(
+                f"{source.spec}: frames of shape {tuple(source.shape)} differ from "
+                f"{tuple(first.shape)} of the first file {first.spec}"
+            )
+        if np.dtype(source.dtype) != np.dtype(first.dtype):
+            raise InputFileError(
+                f"{source.spec}: pixel type {np.dtype(source.dtype)} differs from "
+                f"{np.dtype(first.dtype)} of the first file {first.spec}"
+            )
+
+
+def _sampling_nm(first: FrameSource, meta: FrameMetadata, params) -> float | None:
+    given = getattr(params, "sampling_nm", None) if params is not None else None
+    if given is not None:
+        return float(given)
+    if meta.sampling_nm is None and meta.extra.get("sampling_unit"):
+        raise InputFileError(
+            f"{first.spec}: pixel size is calibrated in {meta.extra['sampling_unit']!r}, "
+            "not a length unit (nm, µm, Å, pm); give the parameter 'sampling' in nm"
+        )
+    return meta.sampling_nm
+
+
+def series_from_sources(
+    sources: Sequence[FrameSource], params=None, *, indices=None
+) -> xr.DataArray:
+    """Build the lazy ``(frame, y, x)`` DataArray from already opened sources.
+
+    See :func:`open_series` for the coordinates and attributes.
+    """
+    sources = list(sources)
+    if not sources:
+        raise InputFileError("no input files given (empty list of file specs)")
+    _check_consistent(sources)
+    first = sources[0]
+    rows, cols = (int(n) for n in first.shape)
+    dtype = np.dtype(first.dtype)
+    frame_table = [(source, k) for source in sources for k in range(source.n_frames)]
+    n_frames = len(frame_table)
+
+    if indices is None:
+        frame_index = np.arange(n_frames)
+    else:
+        frame_index = np.asarray(list(indices))
+        if frame_index.ndim != 1 or len(frame_index) != n_frames:
+            raise ParameterError(
+                f"series indices: expected {n_frames} values (one per frame), "
+                f"got {len(frame_index) if frame_index.ndim == 1 else frame_index.shape}"
+            )
+
+    name = "open-series-" + tokenize(
+        [str(s.spec) for s in sources], [_mtime(s) for s in sources], frame_index.tolist()
+    )
+    tasks = {
+        (name, k, 0, 0): (read_source_frame, source, i)
+        for k, (source, i) in enumerate(frame_table)
+    }
+    graph = HighLevelGraph.from_collections(name, tasks, dependencies=())
+    data = da.Array(graph, name, chunks=((1,) * n_frames, (rows,), (cols,)), dtype=dtype)
+
+    meta = first.metadata
+    sampling_nm = _sampling_nm(first, meta, params)
+    voltage_kV = getattr(params, "voltage_kV", None) if params is not None else None
+    voltage_kV = float(voltage_kV) if voltage_kV is not None else meta.voltage_kV
+    binning = getattr(params, "binning", None) if params is not None else None
+    binning = int(binning) if binning is not None else (meta.binning or 1)
+    defocus_first = float(getattr(params, "defocus_first_nm", 0.0) or 0.0) if params else 0.0
+    defocus_step = float(getattr(params, "defocus_step_nm", 0.0) or 0.0) if params else 0.0
+
+    pixel_nm = sampling_nm if sampling_nm is not None else 1.0
+    coords: dict = {
+        "frame": ("frame", frame_index),
+        "y": ("y", np.arange(rows) * pixel_nm, {"units": "nm" if sampling_nm else "px"}),
+        "x": ("x", np.arange(cols) * pixel_nm, {"units": "nm" if sampling_nm else "px"}),
+        "defocus_nm": ("frame", defocus_first + defocus_step * frame_index.astype(float)),
+    }
+    per_frame: dict[str, list] = {}
+    for source in sources:
+        for key, values in source.frame_coords().items():
+            per_frame.setdefault(key, [])
+    for key in per_frame:
+        parts = []
+        for source in sources:
+            values = source.frame_coords().get(key)
+            if values is None or len(values) != source.n_frames:
+                values = np.full(source.n_frames, np.nan)
+            parts.append(np.asarray(values))
+        coords[key] = ("frame", np.concatenate(parts))
+
+    if len(sources) == 1:
+        source_text = str(first.spec)
+    else:
+        source_text = f"{first.spec} ... {sources[-1].spec} ({len(sources)} files)"
+    attrs = {
+        "sampling_nm": sampling_nm,
+        "voltage_kV": voltage_kV,
+        "binning": binning,
+        "microscope": meta.microscope,
+        "detector": meta.detector,
+        "source": source_text,
+    }
+    return xr.DataArray(data, dims=("frame", "y", "x"), coords=coords, attrs=attrs, name="hologram")
+
+
+def _mtime(source: FrameSource) -> float:
+    try:
+        return os.stat(source.spec.path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def open_series(specs, params=None, *, indices=None, basepath=None) -> xr.DataArray:
+    """Open file specs as one lazy series of 2-D frames.
+
+    Parameters
+    ----------
+    specs : str, FileSpec or sequence of them
+        File specs ``path?key=value&...``; a file with several frames
+        contributes all of them, in order.
+    params : HoloParams, optional
+        Overrides sampling, voltage and binning; gives ``defocus_first_nm`` and
+        ``defocus_step_nm`` for the ``defocus_nm`` coordinate.
+    indices : sequence of int, optional
+        Series index of each frame (the ``frame`` coordinate); default 0..N-1.
+    basepath : path, optional
+        Folder relative paths are taken from (default: current folder).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(frame, y, x)``, Dask-backed with one frame per chunk, dtype as
+        stored; coords ``frame``, ``y``/``x`` in nm (pixel index where the
+        sampling is unknown), ``defocus_nm`` and per-frame coords of the
+        sources; attrs ``sampling_nm``, ``voltage_kV``, ``binning``,
+        ``microscope``, ``detector``, ``source`` (``None`` where unknown).
+
+    Raises
+    ------
+    InputFileError
+        Missing or unreadable files, frames of differing shape or dtype, a
+        calibration in a non-length unit without ``params.sampling_nm``.
+    """
+    if basepath is None and params is not None:
+        base = getattr(params, "basepath", None)
+        basepath = base if base is not None and str(base) not in ("", ".") else None
+    return series_from_sources(open_sources(specs, basepath), params, indices=indices)
+
+
+def open_frames(series_spec, params=None, *, basepath=None) -> xr.DataArray:
+    """Open a :class:`holodask.params.SeriesSpec` (specs plus series indices).
+
+    Where a file holds several frames, its frames get consecutive series
+    indices starting at the index the SeriesSpec gives that file.
+    """
+    if series_spec is None:
+        raise ParameterError("no series given (object_names / empty_names missing)")
+    sources = open_sources(list(series_spec.specs), basepath)
+    spec_indices = list(series_spec.indices)
+    if len(spec_indices) != len(sources):
+        raise ParameterError(
+            f"series: {len(sources)} file specs but {len(spec_indices)} indices"
+        )
+    indices: list[int] = []
+    for source, start in zip(sources, spec_indices):
+        indices.extend(int(start) + k for k in range(source.n_frames))
+    return series_from_sources(sources, params, indices=indices)
+
+
+def frames_of(array: xr.DataArray) -> Iterable[np.ndarray]:
+    """Compute the frames of a series one at a time (for writers)."""
+    for k in range(array.sizes["frame"]):
+        yield np.asarray(array.isel(frame=k).values)
