@@ -27,6 +27,9 @@ __all__ = [
     "ifft2",
     "rfft2",
     "irfft2",
+    "prepare",
+    "export_wisdom",
+    "import_wisdom",
 ]
 
 try:  # pragma: no cover - depends on the installation
@@ -78,15 +81,59 @@ def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None):
     return plan
 
 
+def prepare(kind: str, shape, out_shape=None) -> None:
+    """Plan a transform now (``kind``: fft2, ifft2, rfft2, irfft2; ``shape`` of its input)."""
+    if not _HAVE_PYFFTW:
+        return
+    dtype = np.dtype(np.float32 if kind == "rfft2" else np.complex64)
+    _plan(kind, tuple(int(s) for s in shape), dtype,
+          tuple(int(s) for s in out_shape) if out_shape is not None else None)
+
+
+def export_wisdom():
+    """FFTW's accumulated plans (None without pyFFTW), for :func:`import_wisdom` elsewhere.
+
+    Plans measured by FFTW may differ between processes, and with them the
+    last bits of the results; workers that import the client's wisdom use the
+    same plans and give the same numbers as a local run.
+    """
+    return pyfftw.export_wisdom() if _HAVE_PYFFTW else None
+
+
+def import_wisdom(wisdom) -> None:
+    """Use plans exported by :func:`export_wisdom` (forgets the plans made so far here)."""
+    if not _HAVE_PYFFTW or wisdom is None:
+        return
+    pyfftw.import_wisdom(wisdom)
+    plans = getattr(_local, "plans", None)
+    if plans is not None:
+        plans.clear()
+
+
 def _as(a: np.ndarray, dtype) -> np.ndarray:
     return np.asarray(a, dtype=dtype)
+
+
+def _execute(plan, a: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Copy ``a`` into the plan's own input buffer, run it, return a copy of the output.
+
+    The plan's buffers are always used (never the caller's arrays), so a plan
+    behaves the same whatever the alignment or ownership of its inputs (arrays
+    received by a distributed worker are read-only views of a message buffer).
+    """
+    plan.input_array[...] = a
+    plan.execute()
+    out = plan.output_array.copy()
+    if scale is not None:
+        out *= out.real.dtype.type(scale)
+    return out
 
 
 def fft2(a: np.ndarray) -> np.ndarray:
     """Forward 2-D FFT of a complex64 array (unnormalised)."""
     a = _as(a, np.complex64)
     if _HAVE_PYFFTW:
-        return _plan("fft2", a.shape, a.dtype)(a).copy()
+        return _execute(_plan("fft2", a.shape, a.dtype), a)
     return scipy.fft.fft2(a, workers=_fft_threads)
 
 
@@ -94,7 +141,7 @@ def ifft2(a: np.ndarray) -> np.ndarray:
     """Inverse 2-D FFT of a complex64 array (divided by the number of pixels)."""
     a = _as(a, np.complex64)
     if _HAVE_PYFFTW:
-        return _plan("ifft2", a.shape, a.dtype)(a).copy()
+        return _execute(_plan("ifft2", a.shape, a.dtype), a, 1.0 / a.size)
     return scipy.fft.ifft2(a, workers=_fft_threads)
 
 
@@ -102,7 +149,7 @@ def rfft2(a: np.ndarray) -> np.ndarray:
     """Forward 2-D FFT of real input as float32: the half spectrum ``(H, W//2+1)``."""
     a = _as(a, np.float32)
     if _HAVE_PYFFTW:
-        return _plan("rfft2", a.shape, a.dtype)(a).copy()
+        return _execute(_plan("rfft2", a.shape, a.dtype), a)
     return scipy.fft.rfft2(a, workers=_fft_threads)
 
 
@@ -111,5 +158,5 @@ def irfft2(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     a = _as(a, np.complex64)
     shape = tuple(int(s) for s in shape)
     if _HAVE_PYFFTW:
-        return _plan("irfft2", a.shape, a.dtype, out_shape=shape)(a).copy()
+        return _execute(_plan("irfft2", a.shape, a.dtype, out_shape=shape), a, 1.0 / (shape[0] * shape[1]))
     return scipy.fft.irfft2(a, s=shape, workers=_fft_threads)

@@ -395,6 +395,8 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
         geometry = _geometry(params, (roi[3] - roi[1], roi[2] - roi[0]), camera_shape, sampling,
                              int(params.object_size), binning)
 
+    if client is not None:
+        _share_fft_plans(params, objects, client)
     with HoloOutputFile(output, prefix=params.output_prefix) as out:
         empty = _empty_stage(params, objects, scheduler, client)
         if empty.write and empty.wave is not None:
@@ -496,6 +498,38 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         wave = propagate(wave, float(defocus[0]), voltage or 300.0, sampling_out)
         attrs.update(raw_attrs)
         out.write_dataset("data", wave, attrs)
+
+
+def _share_fft_plans(params: HoloParams, objects, client) -> None:
+    """Plan the transforms of this run here and give the plans to every worker.
+
+    Workers then compute exactly what a local run computes (FFTW's measured
+    plans otherwise differ between processes in the last bits).
+    """
+    shapes = []
+    if params.object_size:
+        size = (int(params.object_size),) * 2
+        shapes += [("fft2", size), ("ifft2", size)]
+    if params.empty_size:
+        size = (int(params.empty_size),) * 2
+        shapes += [("fft2", size), ("ifft2", size)]
+    if objects is not None:
+        camera_shape = tuple(int(s) for s in objects.shape[1:])
+        shapes += [("rfft2", camera_shape), ("fft2", camera_shape), ("ifft2", camera_shape)]
+        for name, region in (("roi", params.roi), ("align_roi", params.align_roi_or_roi)):
+            left, top, right, bottom = region if region is not None else (0, 0, camera_shape[1], camera_shape[0])
+            shape = (bottom - top, right - left)
+            shapes += [("rfft2", shape), ("fft2", shape), ("ifft2", shape)]
+            if name == "align_roi":
+                shapes.append(("irfft2", (shape[0], shape[1] // 2 + 1), shape))
+    for kind, shape, *out_shape in shapes:
+        try:
+            fft.prepare(kind, shape, *out_shape)
+        except (ValueError, TypeError):  # a bad shape is reported later, with its parameter
+            pass
+    wisdom = fft.export_wisdom()
+    if wisdom is not None:
+        client.run(fft.import_wisdom, wisdom)
 
 
 def _frames(stack: da.Array, scheduler):
