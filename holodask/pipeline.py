@@ -366,7 +366,8 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
     ----------
     params : HoloParams, parameter file path, ``"-"`` or dict.
     basepath : folder relative paths are taken from (when ``params`` is not a HoloParams).
-    client : ``dask.distributed.Client`` to run on (None: local threads).
+    client : ``dask.distributed.Client`` to run on (None: the client of an enclosing
+        :func:`holodask.cluster.compute_context`, else local threads).
 
     Returns
     -------
@@ -377,6 +378,10 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
     if not isinstance(params, HoloParams):
         params = load_parameters(params, basepath)
     output = _output_path(params)
+    if client is None:
+        from holodask.cluster import current_client
+
+        client = current_client()
     scheduler = scheduler_of(client)
     if params.object_series is None and params.empty_series is None and not params.synthesize_empty:
         raise ParameterError("object_names: nothing to do (neither object_names nor empty_names given)")
