@@ -1,0 +1,192 @@
+"""Alignment kernels and the Dask averaging layer."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy.optimize import least_squares
+
+from holodask import fft
+from holodask.align import (
+    aligned_spectrum,
+    alignment_grid,
+    fit_to_average,
+    initial_state,
+    model_error,
+    model_wave,
+    phase_correlate,
+)
+from holodask.average import average_series
+
+SAMPLING = 0.5
+
+
+def _smooth_wave(n: int, seed: int = 0, band: float = 0.1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    k = np.fft.fftfreq(n)
+    inside = (k[:, None] ** 2 + k[None, :] ** 2) < band**2
+    spectrum = np.zeros((n, n), complex)
+    spectrum[inside] = rng.normal(size=inside.sum()) + 1j * rng.normal(size=inside.sum())
+    field = np.fft.ifft2(spectrum)
+    return (1 + 0.2 * field.imag / np.abs(field.imag).max()) * np.exp(2j * field.real / np.abs(field.real).max())
+
+
+def _transformed(wave: np.ndarray, state: np.ndarray, grid) -> np.ndarray:
+    """The model (whole image) of a wave under a state, computed directly in numpy."""
+    qy = np.fft.fftfreq(wave.shape[0], SAMPLING)[:, None]
+    qx = np.fft.fftfreq(wave.shape[1], SAMPLING)[None, :]
+    phase = 2 * np.pi * (state[2] * qy + state[3] * qx) - np.pi * grid.wavelength_nm * state[6] * (qx**2 + qy**2)
+    moved = np.fft.ifft2(np.fft.fft2(wave) * np.exp(1j * phase))
+    y = np.arange(wave.shape[0])[:, None] * SAMPLING
+    x = np.arange(wave.shape[1])[None, :] * SAMPLING
+    return complex(state[0], state[1]) * moved * np.exp(2j * np.pi * (state[4] * y + state[5] * x))
+
+
+def test_phase_correlate_finds_integer_drift():
+    rng = np.random.default_rng(2)
+    image = np.abs(_smooth_wave(96, band=0.15)) ** 2 * 100 + rng.normal(size=(96, 96))
+    moved = np.roll(image, (5, -7), axis=(0, 1))  # features move by +5 px in y, -7 px in x
+    # the reference's raw_shift sign: a feature moving by +d gives -d
+    assert phase_correlate(image, moved, cut_off_per_nm=0.5, sampling_nm=SAMPLING) == (7, -5)
+    assert phase_correlate(image, image, cut_off_per_nm=0.5, sampling_nm=SAMPLING) == (0, 0)
+
+
+def test_fit_recovers_shift_tilt_defocus_and_factor():
+    n = 128
+    wave = _smooth_wave(n).astype(np.complex64)
+    grid = alignment_grid((n, n), SAMPLING, 300.0)
+    truth = initial_state(0.8 * np.exp(0.3j), defocus_nm=400.0)
+    truth[2:6] = [0.37, -0.61, 0.004, -0.007]
+    observed = _transformed(wave, truth, grid).astype(np.complex64)
+    start = initial_state(1.0, defocus_nm=300.0)
+    fitted = fit_to_average(observed, fft.fft2(wave), start, grid, fit_shift=True, fit_tilt=True, fit_defocus=True)
+    np.testing.assert_allclose(fitted[2:4], truth[2:4], atol=1e-3)
+    np.testing.assert_allclose(fitted[4:6], truth[4:6], atol=1e-5)
+    assert fitted[6] == pytest.approx(400.0, abs=0.5)
+    assert complex(fitted[0], fitted[1]) == pytest.approx(complex(truth[0], truth[1]), abs=1e-3)
+    np.testing.assert_allclose(model_wave(fft.fft2(wave), fitted, grid), observed[grid.inner], atol=2e-3)
+
+
+def test_fit_switches_leave_other_parameters_alone():
+    n = 64
+    wave = _smooth_wave(n).astype(np.complex64)
+    grid = alignment_grid((n, n), SAMPLING, 300.0)
+    truth = initial_state(1.2, defocus_nm=0.0)
+    truth[2:4] = [0.3, 0.2]
+    observed = _transformed(wave, truth, grid).astype(np.complex64)
+    start = initial_state(1.0, defocus_nm=50.0)
+    fitted = fit_to_average(observed, fft.fft2(wave), start, grid, fit_shift=False)
+    assert fitted[2:].tolist() == start[2:].tolist()
+    assert abs(complex(fitted[0], fitted[1])) > 0.5
+
+
+def test_fit_reaches_the_least_squares_minimum_with_noise():
+    """Same minimum as scipy's least_squares on the same residual."""
+    n = 64
+    rng = np.random.default_rng(5)
+    wave = _smooth_wave(n).astype(np.complex64)
+    grid = alignment_grid((n, n), SAMPLING, 300.0)
+    truth = initial_state(0.9 * np.exp(-0.4j))
+    truth[2:4] = [0.2, -0.45]
+    observed = _transformed(wave, truth, grid) + 0.1 * (rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n)))
+    observed = observed.astype(np.complex64)
+    average = fft.fft2(wave)
+
+    def residual(p):
+        state = initial_state(complex(p[0], p[1]))
+        state[2:4] = p[2:4]
+        r = model_wave(average, state, grid) - observed[grid.inner]
+        return np.concatenate([r.real.ravel(), r.imag.ravel()]).astype(np.float64)
+
+    reference = least_squares(residual, [1.0, 0.0, 0.1, -0.3], diff_step=1e-3, xtol=1e-10, ftol=1e-10, gtol=1e-10).x
+    fitted = fit_to_average(observed, average, initial_state(1.0), grid, fit_shift=True)
+    np.testing.assert_allclose(fitted[2:4], reference[2:4], atol=2e-3)
+    best = model_error(observed, average, fitted, grid)
+    assert best <= np.sum(residual(reference) ** 2) * (1 + 1e-5)
+
+
+def test_aligned_spectrum_inverts_the_model():
+    n = 64
+    wave = _smooth_wave(n).astype(np.complex64)
+    grid = alignment_grid((n, n), SAMPLING, 300.0)
+    state = initial_state(0.7 + 0.2j, defocus_nm=100.0)
+    state[2:6] = [0.4, -0.3, 0.002, 0.001]
+    observed = _transformed(wave, state, grid).astype(np.complex64)
+    back = fft.ifft2(aligned_spectrum(observed, state, grid))
+    np.testing.assert_allclose(back, wave, atol=2e-4)
+
+
+def _series(n=64, n_frames=6, noise=0.05, seed=1, tilts=False):
+    rng = np.random.default_rng(seed)
+    wave = _smooth_wave(n)
+    grid = alignment_grid((n, n), SAMPLING, 300.0)
+    states, frames = [], []
+    for k in range(n_frames):
+        state = initial_state(0.9 * np.exp(1j * rng.uniform(-1, 1)))
+        state[2:4] = rng.normal(size=2) * 0.5 if k else 0.0
+        if tilts and k:
+            state[4:6] = rng.normal(size=2) * 0.003
+        frame = _transformed(wave, state, grid) + noise * (rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n)))
+        frames.append(frame.astype(np.complex64))
+        states.append(state)
+    stack = da.from_array(np.array(frames), chunks=(1, n, n))
+    return wave, grid, np.array(states), stack
+
+
+def test_average_series_aligns_and_reduces_noise():
+    wave, grid, truth, stack = _series()
+    result = average_series(stack, grid, np.zeros(6), iterations=4)
+    # first frame pinned at zero shift: the fitted shifts are the true ones
+    np.testing.assert_allclose(result.shifts_nm, truth[:, 2:4], atol=0.02)
+    assert result.convergence[-1] <= result.convergence[0]
+    assert len(result.convergence) == 5
+    inner = grid.inner
+    expected = wave[inner] / truth[0, 0]  # average is in the first frame's phase
+    phase = np.angle(result.wave[inner] * np.conj(expected))
+    phase -= np.angle(np.mean(np.exp(1j * phase)))
+    single = np.angle(stack[0].compute()[inner] * np.conj(wave[inner]))
+    single -= np.angle(np.mean(np.exp(1j * single)))
+    assert np.sqrt(np.mean(phase**2)) < 0.6 * np.sqrt(np.mean(single**2))
+    assert np.mean(np.abs(result.factors)) == pytest.approx(1.0)
+    # variance: mean squared deviation of the aligned frames from the average / (N - 1)
+    aligned = np.array([fft.ifft2(aligned_spectrum(f, s, grid)) for f, s in zip(stack.compute(), result.states)])
+    expected_variance = np.sum(np.abs(aligned - result.wave) ** 2, axis=0) / 5
+    np.testing.assert_allclose(result.variance, expected_variance, rtol=1e-3, atol=1e-6)
+
+
+def test_average_series_is_the_same_on_a_distributed_cluster():
+    distributed = pytest.importorskip("distributed")
+    _, grid, _, stack = _series(n=32, n_frames=4)
+    local = average_series(stack, grid, np.zeros(4), iterations=2)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        remote = average_series(stack, grid, np.zeros(4), iterations=2, client=client)
+    np.testing.assert_allclose(remote.states, local.states, atol=1e-6)
+    np.testing.assert_allclose(remote.wave, local.wave, atol=1e-6)
+
+
+@pytest.mark.reference
+@pytest.mark.skipif(importlib.util.find_spec("holoaverage") is None, reason="holoaverage is not importable")
+def test_average_series_matches_reference_averaging():
+    from holoaverage.average import holoAverage
+    from holoaverage.series import DataSet, Series
+
+    _, grid, _, stack = _series(n=64, n_frames=5, noise=0.03)
+    frames = stack.compute()
+    series = Series((5,), (64, 64), dtype=np.complex128)
+    for k in range(5):
+        series[k] = DataSet(data=frames[k].astype(complex), attrs={"dim_scale": [SAMPLING] * 2, "dim_unit": ["nm"] * 2})
+    series.attrs.update({"voltage(kV)": 300.0, "dim_scale": [SAMPLING] * 2, "dim_unit": ["nm", "nm"]})
+    reference, _ = holoAverage(series, defocus=np.zeros(5), adjustDefocus=False, adjustShift=True, adjustTilt=False,
+                               verbose=0, variance=True)
+    ours = average_series(stack, grid, np.zeros(5), iterations=7)
+    difference = ours.shifts_nm - np.asarray(reference.attrs["shift(nm)"])  # both (y, x) here
+    difference -= difference.mean(axis=0)
+    assert np.abs(difference).max() / SAMPLING < 0.05
+    inner = (slice(16, 48), slice(16, 48))
+    phase = np.angle(ours.wave * np.conj(reference.array))[inner]
+    phase -= np.angle(np.mean(np.exp(1j * phase)))
+    assert np.sqrt(np.mean(phase**2)) < 0.02
+    assert ours.convergence[-1] <= reference.attrs["convergence"][-1] * (1 + 1e-4)
