@@ -402,18 +402,31 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
 
     if client is not None:
         _share_fft_plans(params, objects, client)
+    shifts = None
     with HoloOutputFile(output, prefix=params.output_prefix) as out:
         empty = _empty_stage(params, objects, scheduler, client)
         if empty.write and empty.wave is not None:
             out.write_dataset("empty", empty.wave, empty.attrs)
         if objects is not None:
-            _object_stage(params, objects, empty, out, scheduler, client, standard_attrs, hologram_attrs)
+            shifts = _object_stage(params, objects, empty, out, scheduler, client, standard_attrs, hologram_attrs)
 
-    try:
-        from holodask.results import open_result
-    except ImportError:  # pragma: no cover - results module not merged
-        return xr.Dataset()
+    if params.only_align or (objects is None and not empty.write):
+        return _alignment_dataset(output, params, shifts)
+    from holodask.results import open_result
+
     return open_result(output, params.output_prefix).load()
+
+
+def _alignment_dataset(output: Path, params: HoloParams, shifts) -> xr.Dataset:
+    """What an alignment-only run found (its file holds only ``aligned_rois``)."""
+    data_vars = {}
+    if shifts is not None:
+        data_vars["raw_shift_px"] = (("frame", "xy"), shifts["raw_shift_px"])
+        coords = {"frame": shifts["frame"], "xy": ["x", "y"]}
+    else:
+        coords = {}
+    return xr.Dataset(data_vars, coords=coords,
+                      attrs={"source": str(output), "prefix": params.output_prefix})
 
 
 def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs, hologram_attrs):
@@ -446,8 +459,9 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
                                **base_attrs)
         attrs.update(raw_attrs)
         out.write_frames("aligned_rois", _frames(rois, scheduler), attrs, as_dataset=params.output_series_as_dataset)
+    found = {"raw_shift_px": shifts, "frame": frame_index}
     if params.only_align:
-        return
+        return found
 
     size = int(params.object_size)
     geometry = _geometry(params, roi_shape, camera_shape, sampling, size, binning, dtype=objects.dtype)
@@ -498,11 +512,13 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         ))
         out.write_dataset("data", result.wave, attrs)
         out.write_dataset("variance", result.variance, attrs)
+        return found
     else:
         wave = np.asarray(stack[0].compute(scheduler=scheduler))
         wave = propagate(wave, float(defocus[0]), voltage or 300.0, sampling_out)
         attrs.update(raw_attrs)
         out.write_dataset("data", wave, attrs)
+    return found
 
 
 def _share_fft_plans(params: HoloParams, objects, client) -> None:
