@@ -176,6 +176,11 @@ def aligned_spectrum(wave: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -
     return (spectrum / np.complex64(_factor(state))).astype(np.complex64, copy=False)
 
 
+def _real_dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``Re sum(conj(a) * b)``."""
+    return float(np.vdot(a, b).real)
+
+
 def fit_to_average(
     wave: np.ndarray,
     average_spectrum: np.ndarray,
@@ -186,26 +191,38 @@ def fit_to_average(
     fit_tilt: bool = False,
     fit_defocus: bool = False,
     max_iterations: int = 30,
-    tolerance: float = 1e-7,
+    tolerance: float = 1e-6,
+    step_tolerance_px: float = 1e-3,
 ) -> np.ndarray:
     """Fit the factor (always) and shift / tilt / defocus (as switched on) of one wave.
 
-    Minimises ``sum |model - wave|^2`` over the inner region by Levenberg-Marquardt
-    steps on analytic derivatives. Returns the new state vector.
+    Minimises ``sum |model - wave|^2`` over the inner region by damped Newton
+    steps with the exact Hessian (second derivatives from products of the
+    spectrum with the Fourier-space factors, so a step costs one inverse FFT
+    per first and second derivative of the Fourier-space parameters). The
+    exact Hessian matters: the average (or first frame) the wave is fitted to
+    is itself noisy, and the Gauss-Newton approximation then overestimates the
+    curvature and creeps towards the minimum. Iterates until the squared
+    residual improves by less than ``tolerance`` (relative) or, when only the
+    shift is fitted, the shift moves by less than ``step_tolerance_px``.
+    Returns the new state vector.
     """
     state = np.asarray(state, dtype=float).copy()
     target = np.asarray(wave)[grid.inner]
     inner = grid.inner
     two_pi_i = np.complex64(2j * np.pi)
-    defocus_factor = np.complex64(-1j * np.pi * grid.wavelength_nm)
 
-    free = [0, 1]
+    # Fourier-space parameters and their multipliers d(spectrum)/dp / spectrum
+    fourier: list[tuple[int, np.ndarray]] = []
     if fit_shift:
-        free += [2, 3]
-    if fit_tilt:
-        free += [4, 5]
+        fourier += [(2, two_pi_i * grid.qy), (3, two_pi_i * grid.qx)]
     if fit_defocus:
-        free += [6]
+        fourier.append((6, np.complex64(-1j * np.pi * grid.wavelength_nm) * grid.q2))
+    tilts: list[tuple[int, np.ndarray]] = []
+    if fit_tilt:
+        tilts = [(4, two_pi_i * grid.y), (5, two_pi_i * grid.x)]
+    free = [0, 1] + [i for i, _ in fourier] + [i for i, _ in tilts]
+    free.sort()
 
     def evaluate(s):
         spectrum = average_spectrum * _propagator(s, grid, +1.0)
@@ -215,55 +232,92 @@ def fit_to_average(
             base = base * ramp
         model = base * np.complex64(_factor(s))
         residual = model - target
-        return spectrum, base, model, residual, float(np.vdot(residual, residual).real)
+        return spectrum, base, model, residual, _real_dot(residual, residual)
 
     spectrum, base, model, residual, cost = evaluate(state)
-    damping = 1e-3
+    damping = 1e-4
     for _ in range(max_iterations):
-        columns = [base, 1j * base]
         factor = np.complex64(_factor(state))
         ramp = _tilt_ramp(state, grid, +1.0)
-        derivative_spectra = []
-        if fit_shift:
-            derivative_spectra += [spectrum * (two_pi_i * grid.qy), spectrum * (two_pi_i * grid.qx)]
-        if fit_tilt:
-            columns += [model * (two_pi_i * grid.y), model * (two_pi_i * grid.x)]
-        if fit_defocus:
-            derivative_spectra.append(spectrum * (defocus_factor * grid.q2))
-        derived = []
-        for d_spectrum in derivative_spectra:
-            column = fft.ifft2(d_spectrum)[inner] * factor
-            derived.append(column if ramp is None else column * ramp)
-        if fit_shift:
-            columns[2:2] = derived[:2]
-            derived = derived[2:]
-        if fit_defocus:
-            columns.append(derived[0])
-        # real inner products Re(a^H b) as float32 dot products of the (re, im) pairs
-        jacobian = np.stack([np.ascontiguousarray(c) for c in columns]).view(np.float32).reshape(len(columns), -1)
-        normal = (jacobian @ jacobian.T).astype(np.float64)
-        gradient = (jacobian @ np.ascontiguousarray(residual).view(np.float32).ravel()).astype(np.float64)
-        diagonal = np.diag(normal).copy()
+
+        def moved(spec):  # ifft of a spectrum, inner region, with the tilt ramp
+            values = fft.ifft2(spec)[inner]
+            return values if ramp is None else values * ramp
+
+        first = {0: base, 1: 1j * base}
+        plain = {}  # d(base)/dp for Fourier parameters (without factor)
+        for index, multiplier in fourier:
+            plain[index] = moved(spectrum * multiplier)
+            first[index] = plain[index] * factor
+        for index, coordinate in tilts:
+            first[index] = model * coordinate
+
+        n_free = len(free)
+        hessian = np.zeros((n_free, n_free))
+        gradient = np.zeros(n_free)
+        for a, ia in enumerate(free):
+            gradient[a] = _real_dot(first[ia], residual)
+            for b in range(a, n_free):
+                hessian[a, b] = _real_dot(first[ia], first[free[b]])
+
+        def second(ia, ib):
+            """Second derivative of the model by two parameters (None: zero)."""
+            fa, fb = ia in (0, 1), ib in (0, 1)
+            if fa and fb:
+                return None
+            if fa or fb:
+                f_index, other = (ia, ib) if fa else (ib, ia)
+                unit = 1.0 if f_index == 0 else 1j
+                if other in plain:
+                    return plain[other] * np.complex64(unit)
+                coordinate = dict(tilts)[other]
+                return base * coordinate * np.complex64(unit)
+            ta, tb = ia in (4, 5), ib in (4, 5)
+            if ta and tb:
+                return model * dict(tilts)[ia] * dict(tilts)[ib]
+            if ta or tb:
+                t_index, other = (ia, ib) if ta else (ib, ia)
+                return first[other] * dict(tilts)[t_index]
+            multiplier = dict(fourier)[ia] * dict(fourier)[ib]
+            return moved(spectrum * multiplier) * factor
+
+        for a, ia in enumerate(free):
+            for b in range(a, n_free):
+                term = second(ia, free[b])
+                if term is not None:
+                    hessian[a, b] += _real_dot(residual, term)
+        hessian = np.triu(hessian) + np.triu(hessian, 1).T
+        gauss_newton = np.array([[_real_dot(first[i], first[j]) for j in free] for i in free])
+        diagonal = np.abs(np.diag(gauss_newton)).copy()
         diagonal[diagonal == 0] = 1.0
+
         accepted = False
-        for _attempt in range(6):
+        for _attempt in range(8):
+            matrix = hessian + damping * np.diag(diagonal)
             try:
-                step = np.linalg.solve(normal + damping * np.diag(diagonal), -gradient)
+                np.linalg.cholesky(matrix)
+                step = np.linalg.solve(matrix, -gradient)
             except np.linalg.LinAlgError:
-                damping *= 10.0
+                damping = max(damping * 10.0, 1e-6)
                 continue
+            predicted = -2.0 * float(gradient @ step) - float(step @ hessian @ step)
+            if predicted <= tolerance * cost:
+                break
             trial = state.copy()
             trial[free] += step
             t_spectrum, t_base, t_model, t_residual, t_cost = evaluate(trial)
             if t_cost <= cost:
                 accepted = True
                 break
-            damping *= 10.0
+            damping = max(damping * 10.0, 1e-6)
         if not accepted:
             break
         improvement = cost - t_cost
+        moved_px = np.abs(trial[2:4] - state[2:4]) / np.asarray(grid.sampling_nm)
         state, spectrum, base, model, residual, cost = trial, t_spectrum, t_base, t_model, t_residual, t_cost
-        damping = max(damping / 10.0, 1e-9)
+        damping = damping / 10.0
         if improvement <= tolerance * max(cost, 1e-30) or improvement <= 1e-30:
+            break
+        if not (fit_tilt or fit_defocus) and moved_px.max() < step_tolerance_px:
             break
     return state
