@@ -14,6 +14,8 @@ sets the default; ``HOLODASK_FFT_BACKEND=scipy`` disables pyFFTW.
 from __future__ import annotations
 
 import os
+import pickle
+import tempfile
 import threading
 
 import numpy as np
@@ -44,6 +46,13 @@ except ImportError:  # pragma: no cover
     _HAVE_PYFFTW = False
 
 _fft_threads = max(1, int(os.environ.get("HOLODASK_FFT_THREADS", "1") or 1))
+#: where measured plans are kept between runs ("" or "none": nowhere)
+WISDOM_FILE = os.environ.get(
+    "HOLODASK_FFTW_WISDOM",
+    os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "holodask", "fftw-wisdom.pickle"),
+)
+_wisdom_loaded = False
+_wisdom_lock = threading.Lock()
 _planner_effort = os.environ.get("HOLODASK_FFTW_EFFORT", "FFTW_MEASURE")
 _local = threading.local()
 
@@ -64,20 +73,54 @@ def get_fft_threads() -> int:
     return _fft_threads
 
 
-def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None):
+def _load_wisdom() -> None:
+    """Import the plans measured by earlier runs (once per process)."""
+    global _wisdom_loaded
+    with _wisdom_lock:
+        if _wisdom_loaded:
+            return
+        _wisdom_loaded = True
+        if WISDOM_FILE and WISDOM_FILE.lower() != "none" and os.path.isfile(WISDOM_FILE):
+            try:
+                with open(WISDOM_FILE, "rb") as file:
+                    pyfftw.import_wisdom(pickle.load(file))
+            except Exception:  # a damaged or foreign cache only costs planning time
+                pass
+
+
+def _save_wisdom() -> None:
+    """Keep the plans measured so far for later runs (atomic replace; errors ignored)."""
+    if not WISDOM_FILE or WISDOM_FILE.lower() == "none":
+        return
+    try:
+        folder = os.path.dirname(WISDOM_FILE)
+        os.makedirs(folder, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=folder, prefix=".fftw-wisdom-")
+        with os.fdopen(handle, "wb") as file:
+            pickle.dump(pyfftw.export_wisdom(), file)
+        os.replace(temp, WISDOM_FILE)
+    except Exception:
+        pass
+
+
+def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, effort=None):
     cache = getattr(_local, "plans", None)
     if cache is None:
         cache = _local.plans = {}
-    key = (kind, shape, dtype.str, out_shape, _fft_threads)
+    effort = effort or _planner_effort
+    key = (kind, shape, dtype.str, out_shape, _fft_threads, effort)
     plan = cache.get(key)
     if plan is None:
+        _load_wisdom()
         template = pyfftw.empty_aligned(shape, dtype=dtype)
         builder = getattr(pyfftw.builders, kind)
-        kwargs = dict(threads=_fft_threads, planner_effort=_planner_effort)
+        kwargs = dict(threads=_fft_threads, planner_effort=effort)
         if out_shape is not None:
             kwargs["s"] = out_shape
         plan = builder(template, **kwargs)
         cache[key] = plan
+        if effort != "FFTW_ESTIMATE":
+            _save_wisdom()
     return plan
 
 
@@ -129,19 +172,23 @@ def _execute(plan, a: np.ndarray, scale: float | None = None) -> np.ndarray:
     return out
 
 
-def fft2(a: np.ndarray) -> np.ndarray:
-    """Forward 2-D FFT of a complex64 array (unnormalised)."""
+def fft2(a: np.ndarray, once: bool = False) -> np.ndarray:
+    """Forward 2-D FFT of a complex64 array (unnormalised).
+
+    ``once``: a transform of a shape used only once per run (not worth measuring a plan).
+    """
     a = _as(a, np.complex64)
     if _HAVE_PYFFTW:
-        return _execute(_plan("fft2", a.shape, a.dtype), a)
+        return _execute(_plan("fft2", a.shape, a.dtype, effort="FFTW_ESTIMATE" if once else None), a)
     return scipy.fft.fft2(a, workers=_fft_threads)
 
 
-def ifft2(a: np.ndarray) -> np.ndarray:
+def ifft2(a: np.ndarray, once: bool = False) -> np.ndarray:
     """Inverse 2-D FFT of a complex64 array (divided by the number of pixels)."""
     a = _as(a, np.complex64)
     if _HAVE_PYFFTW:
-        return _execute(_plan("ifft2", a.shape, a.dtype), a, 1.0 / a.size)
+        effort = "FFTW_ESTIMATE" if once else None
+        return _execute(_plan("ifft2", a.shape, a.dtype, effort=effort), a, 1.0 / a.size)
     return scipy.fft.ifft2(a, workers=_fft_threads)
 
 

@@ -127,20 +127,21 @@ def _centred_window(n_from: int, n_to: int) -> tuple[slice, slice]:
     return slice(n_from // 2 - half, n_from // 2 + half + 1), slice(n_to // 2 - half, n_to // 2 + half + 1)
 
 
-def fourier_rescale(wave: np.ndarray, shape) -> np.ndarray:
+def fourier_rescale(wave: np.ndarray, shape, once: bool = False) -> np.ndarray:
     """Resample a complex wave to ``shape`` by cropping / zero-padding its spectrum.
 
     Keeps the centred ``2*half+1`` frequencies common to both sizes (the
     reference's convention). Like the reference the transforms are not
     renormalised, so amplitudes scale by ``wave.size / prod(shape)``.
+    ``once``: done once per run (FFT plans are not measured).
     """
     shape = (int(shape[0]), int(shape[1]))
-    spectrum = np.fft.fftshift(fft.fft2(wave))
+    spectrum = np.fft.fftshift(fft.fft2(wave, once=once))
     src_y, dst_y = _centred_window(wave.shape[0], shape[0])
     src_x, dst_x = _centred_window(wave.shape[1], shape[1])
     padded = np.zeros(shape, dtype=np.complex64)
     padded[dst_y, dst_x] = spectrum[src_y, src_x]
-    return fft.ifft2(np.fft.ifftshift(padded))
+    return fft.ifft2(np.fft.ifftshift(padded), once=once)
 
 
 @lru_cache(maxsize=32)

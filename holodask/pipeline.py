@@ -466,7 +466,7 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
     size = int(params.object_size)
     geometry = _geometry(params, roi_shape, camera_shape, sampling, size, binning, dtype=objects.dtype)
     if empty.wave is not None:
-        big_empty = fourier_rescale(empty.wave, camera_shape)
+        big_empty = fourier_rescale(empty.wave, camera_shape, once=True)
         if params.only_phase:
             big_empty = np.exp(1j * np.angle(big_empty)).astype(np.complex64)
     else:
@@ -536,7 +536,7 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
         shapes += [("fft2", size), ("ifft2", size)]
     if objects is not None:
         camera_shape = tuple(int(s) for s in objects.shape[1:])
-        shapes += [("rfft2", camera_shape), ("fft2", camera_shape), ("ifft2", camera_shape)]
+        shapes.append(("rfft2", camera_shape))
         for name, region in (("roi", params.roi), ("align_roi", params.align_roi_or_roi)):
             left, top, right, bottom = region if region is not None else (0, 0, camera_shape[1], camera_shape[0])
             shape = (bottom - top, right - left)
