@@ -193,7 +193,8 @@ def fit_to_average(
     max_iterations: int = 30,
     tolerance: float = 1e-6,
     step_tolerance_px: float = 1e-3,
-) -> np.ndarray:
+    return_start_error: bool = False,
+):
     """Fit the factor (always) and shift / tilt / defocus (as switched on) of one wave.
 
     Minimises ``sum |model - wave|^2`` over the inner region by damped Newton
@@ -205,7 +206,8 @@ def fit_to_average(
     curvature and creeps towards the minimum. Iterates until the squared
     residual improves by less than ``tolerance`` (relative) or, when only the
     shift is fitted, the shift moves by less than ``step_tolerance_px``.
-    Returns the new state vector.
+    Returns the new state vector (and, with ``return_start_error``, the squared
+    residual of the given state, :func:`model_error`).
     """
     state = np.asarray(state, dtype=float).copy()
     target = np.asarray(wave)[grid.inner]
@@ -235,6 +237,7 @@ def fit_to_average(
         return spectrum, base, model, residual, _real_dot(residual, residual)
 
     spectrum, base, model, residual, cost = evaluate(state)
+    start_error = cost
     damping = 1e-4
     for _ in range(max_iterations):
         factor = np.complex64(_factor(state))
@@ -320,4 +323,4 @@ def fit_to_average(
             break
         if not (fit_tilt or fit_defocus) and moved_px.max() < step_tolerance_px:
             break
-    return state
+    return (state, start_error) if return_start_error else state

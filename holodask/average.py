@@ -130,10 +130,9 @@ def _first_round_task(block, reference, defocus_nm, grid, fit_shift):
 def _round_task(block, average_spectrum, state, grid, fit_shift, fit_tilt, fit_defocus):
     """Error of the previous state, new fit, and the (unnormalised) contribution."""
     wave = _frame(block)
-    error = model_error(wave, average_spectrum, state, grid)
-    state = fit_to_average(
+    state, error = fit_to_average(
         wave, average_spectrum, state, grid,
-        fit_shift=fit_shift, fit_tilt=fit_tilt, fit_defocus=fit_defocus,
+        fit_shift=fit_shift, fit_tilt=fit_tilt, fit_defocus=fit_defocus, return_start_error=True,
     )
     return state, error, aligned_spectrum(wave, state, grid)
 
