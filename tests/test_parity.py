@@ -193,3 +193,16 @@ def test_parity_fe_needle(fe_needle, tmp_path):
         "cut_off": 0.07,
     }
     _compare(_run_holodask(params, tmp_path, "ours"), _run_reference(params, tmp_path, "reference"))
+
+
+def test_parity_synthesized_empty(tmp_path):
+    _, params = _simulated(tmp_path, n_empty=0, dose_e_per_px=500)
+    params["enable_raw_alignment"] = False
+    y, x = np.mgrid[0:128, 0:128] / 128.0
+    with h5py.File(tmp_path / "distortion.hdf5", "w") as f:
+        f["x"] = (0.8 * np.sin(2 * np.pi * y) + 0.3 * x).astype(np.float32)
+        f["y"] = (0.5 * np.cos(2 * np.pi * x) - 0.2 * y).astype(np.float32)
+    params.update(synthesize_empty=True, camera_distortions=["distortion.hdf5?dataset=x", "distortion.hdf5?dataset=y"])
+    ours, reference = _run_holodask(params, tmp_path, "ours"), _run_reference(params, tmp_path, "reference")
+    _compare(ours, reference)
+    _compare(ours, reference, name="empty", check_fit=False)
