@@ -410,7 +410,7 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
     from holodask.io.qpimage_export import check_run_export, export_run
     from holodask.outliers import repair_series, write_outlier_counts
 
-    check_run_export(params, output)
+    check_run_export(params, output, objects.attrs.get("voltage_kV") if objects is not None else None)
     if client is not None:
         _share_fft_plans(params, objects, client)
     outliers = None

@@ -104,6 +104,7 @@ def test_export_command_on_a_run_result(simulated, capsys):
     ({"only_align": True}, "output_qpimage: needs an averaged object wave"),
     ({"output_qpimage": "bad.hdf5"}, "would overwrite the output file"),
     ({"output_qpimage": "missing/q.h5"}, "folder"),
+    ({"voltage": None}, "output_qpimage: the wavelength needs the voltage"),
 ])
 def test_bad_output_qpimage_stops_before_the_run(simulated, extra, message, capsys):
     folder, params = simulated

@@ -161,17 +161,22 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
     return written
 
 
-def check_run_export(params, output_path) -> Path | None:
+def check_run_export(params, output_path, voltage_kV=None) -> Path | None:
     """Check a run's ``output_qpimage`` before the run starts; the export path or None.
 
     The export needs the averaged object wave: a run with ``object_names`` and
-    without ``only_align``; it must not overwrite the run's own output file.
+    without ``only_align``, and the voltage (``voltage_kV``: what the files or
+    the parameters give) for the wavelength; it must not overwrite the run's
+    own output file.
     """
     if not params.output_qpimage:
         return None
     if params.object_series is None or params.only_align:
         raise ParameterError("output_qpimage: needs an averaged object wave (object_names, "
                              "without only_align)")
+    if voltage_kV is None:
+        raise ParameterError("output_qpimage: the wavelength needs the voltage; the files carry none, "
+                             "give the parameter 'voltage' in kV")
     out_path = check_output_path(params.output_qpimage)
     targets = [out_path] + ([average_path(out_path)] if params.output_series else [])
     if any(Path(t).resolve() == Path(output_path).resolve() for t in targets):
