@@ -257,12 +257,13 @@ def fit_to_average(
             first[index] = model * coordinate
 
         n_free = len(free)
-        hessian = np.zeros((n_free, n_free))
-        gradient = np.zeros(n_free)
-        for a, ia in enumerate(free):
-            gradient[a] = _real_dot(first[ia], residual)
-            for b in range(a, n_free):
-                hessian[a, b] = _real_dot(first[ia], first[free[b]])
+        # Gauss-Newton part and gradient: real inner products Re(a^H b) as float32
+        # dot products of the (re, im) pairs
+        jacobian = np.stack([first[i] for i in free]).astype(np.complex64, copy=False)
+        jacobian = jacobian.view(np.float32).reshape(n_free, -1)
+        gauss_newton = (jacobian @ jacobian.T).astype(np.float64)
+        gradient = (jacobian @ np.ascontiguousarray(residual, dtype=np.complex64).view(np.float32).ravel()).astype(np.float64)
+        hessian = np.triu(gauss_newton)
 
         def second(ia, ib):
             """Second derivative of the model by two parameters (None: zero)."""
@@ -304,7 +305,6 @@ def fit_to_average(
                         product = weighted * (dict(fourier)[ia] * dict(fourier)[ib])
                         hessian[a, b] += (scale * complex(np.sum(product, dtype=np.complex128))).real
         hessian = np.triu(hessian) + np.triu(hessian, 1).T
-        gauss_newton = np.array([[_real_dot(first[i], first[j]) for j in free] for i in free])
         diagonal = np.abs(np.diag(gauss_newton)).copy()
         diagonal[diagonal == 0] = 1.0
 
