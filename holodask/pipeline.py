@@ -31,7 +31,7 @@ from holodask.align import alignment_grid, correlate_spectra, correlation_mask
 from holodask.average import average_series, scheduler_of
 from holodask.errors import DataError, InputFileError, ParameterError
 from holodask import fft
-from holodask.optics import carrier_per_nm, fourier_rescale, propagate
+from holodask.optics import carrier_per_nm, fourier_downsample, fourier_rescale, fourier_upsample, propagate
 from holodask.params import HoloParams, load_parameters
 from holodask.reconstruct import (
     SidebandGeometry,
@@ -185,13 +185,13 @@ def _normalise(wave, big_empty, roi, shift_xy, out_shape):
                 wave = fft.ifft2(spectrum)
             return (wave / np.complex64(big_empty.value)).astype(np.complex64)
         big_empty = np.full(big_empty.shape, big_empty.value, dtype=np.complex64)
-    big = fourier_rescale(wave, roi_shape)
+    big = fourier_upsample(wave, roi_shape)
     height, width = big_empty.shape
     y0, x0 = max(0, top), max(0, left)
     y1, x1 = min(height, bottom), min(width, right)
     if y1 > y0 and x1 > x0:
         big[y0 - top:y1 - top, x0 - left:x1 - left] /= big_empty[y0:y1, x0:x1]
-    return fourier_rescale(big, out_shape).astype(np.complex64)
+    return fourier_downsample(big, out_shape).astype(np.complex64)
 
 
 def _reconstruct_empty_block(block, geometry, frame_index, source, block_info=None):
