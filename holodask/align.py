@@ -198,9 +198,10 @@ def fit_to_average(
     """Fit the factor (always) and shift / tilt / defocus (as switched on) of one wave.
 
     Minimises ``sum |model - wave|^2`` over the inner region by damped Newton
-    steps with the exact Hessian (second derivatives from products of the
-    spectrum with the Fourier-space factors, so a step costs one inverse FFT
-    per first and second derivative of the Fourier-space parameters). The
+    steps with the exact Hessian (the second-derivative terms of the
+    Fourier-space parameters come from one FFT of the residual by Parseval's
+    theorem, so a step costs one inverse FFT per Fourier-space parameter plus
+    two). The
     exact Hessian matters: the average (or first frame) the wave is fitted to
     is itself noisy, and the Gauss-Newton approximation then overestimates the
     curvature and creeps towards the minimum. Iterates until the squared
@@ -256,12 +257,13 @@ def fit_to_average(
             first[index] = model * coordinate
 
         n_free = len(free)
-        hessian = np.zeros((n_free, n_free))
-        gradient = np.zeros(n_free)
-        for a, ia in enumerate(free):
-            gradient[a] = _real_dot(first[ia], residual)
-            for b in range(a, n_free):
-                hessian[a, b] = _real_dot(first[ia], first[free[b]])
+        # Gauss-Newton part and gradient: real inner products Re(a^H b) as float32
+        # dot products of the (re, im) pairs
+        jacobian = np.stack([first[i] for i in free]).astype(np.complex64, copy=False)
+        jacobian = jacobian.view(np.float32).reshape(n_free, -1)
+        gauss_newton = (jacobian @ jacobian.T).astype(np.float64)
+        gradient = (jacobian @ np.ascontiguousarray(residual, dtype=np.complex64).view(np.float32).ravel()).astype(np.float64)
+        hessian = np.triu(gauss_newton)
 
         def second(ia, ib):
             """Second derivative of the model by two parameters (None: zero)."""
@@ -281,16 +283,28 @@ def fit_to_average(
             if ta or tb:
                 t_index, other = (ia, ib) if ta else (ib, ia)
                 return first[other] * dict(tilts)[t_index]
-            multiplier = dict(fourier)[ia] * dict(fourier)[ib]
-            return moved(spectrum * multiplier) * factor
+            return None  # both in Fourier space: see below
 
         for a, ia in enumerate(free):
             for b in range(a, n_free):
                 term = second(ia, free[b])
                 if term is not None:
                     hessian[a, b] += _real_dot(residual, term)
+        if fourier:
+            # sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R(q)) S k_a k_b (Parseval),
+            # with R the spectrum of the residual (without the tilt ramp) zero outside the inner region
+            padded = np.zeros(grid.shape, dtype=np.complex64)
+            padded[inner] = residual if ramp is None else residual * np.conj(ramp)
+            residual_spectrum = fft.fft2(padded)
+            scale = complex(factor) / (grid.shape[0] * grid.shape[1])
+            weighted = np.conj(residual_spectrum) * spectrum
+            for a, ia in enumerate(free):
+                for b in range(a, n_free):
+                    ib = free[b]
+                    if ia in dict(fourier) and ib in dict(fourier):
+                        product = weighted * (dict(fourier)[ia] * dict(fourier)[ib])
+                        hessian[a, b] += (scale * complex(np.sum(product, dtype=np.complex128))).real
         hessian = np.triu(hessian) + np.triu(hessian, 1).T
-        gauss_newton = np.array([[_real_dot(first[i], first[j]) for j in free] for i in free])
         diagonal = np.abs(np.diag(gauss_newton)).copy()
         diagonal[diagonal == 0] = 1.0
 

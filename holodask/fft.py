@@ -29,6 +29,8 @@ __all__ = [
     "ifft2",
     "rfft2",
     "irfft2",
+    "fft_axis",
+    "ifft_axis",
     "prepare",
     "export_wisdom",
     "import_wisdom",
@@ -103,12 +105,12 @@ def _save_wisdom() -> None:
         pass
 
 
-def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, effort=None):
+def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, effort=None, axis=None):
     cache = getattr(_local, "plans", None)
     if cache is None:
         cache = _local.plans = {}
     effort = effort or _planner_effort
-    key = (kind, shape, dtype.str, out_shape, _fft_threads, effort)
+    key = (kind, shape, dtype.str, out_shape, _fft_threads, effort, axis)
     plan = cache.get(key)
     if plan is None:
         _load_wisdom()
@@ -117,6 +119,8 @@ def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, ef
         kwargs = dict(threads=_fft_threads, planner_effort=effort)
         if out_shape is not None:
             kwargs["s"] = out_shape
+        if axis is not None:
+            kwargs["axis"] = axis
         plan = builder(template, **kwargs)
         cache[key] = plan
         if effort != "FFTW_ESTIMATE":
@@ -198,6 +202,22 @@ def rfft2(a: np.ndarray) -> np.ndarray:
     if _HAVE_PYFFTW:
         return _execute(_plan("rfft2", a.shape, a.dtype), a)
     return scipy.fft.rfft2(a, workers=_fft_threads)
+
+
+def fft_axis(a: np.ndarray, axis: int) -> np.ndarray:
+    """Forward 1-D FFTs of a complex64 array along ``axis`` (unnormalised)."""
+    a = _as(a, np.complex64)
+    if _HAVE_PYFFTW:
+        return _execute(_plan("fft", a.shape, a.dtype, axis=axis), a)
+    return scipy.fft.fft(a, axis=axis, workers=_fft_threads)
+
+
+def ifft_axis(a: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse 1-D FFTs of a complex64 array along ``axis`` (divided by its length)."""
+    a = _as(a, np.complex64)
+    if _HAVE_PYFFTW:
+        return _execute(_plan("ifft", a.shape, a.dtype, axis=axis), a, 1.0 / a.shape[axis])
+    return scipy.fft.ifft(a, axis=axis, workers=_fft_threads)
 
 
 def irfft2(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

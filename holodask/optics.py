@@ -28,6 +28,8 @@ __all__ = [
     "filter_function",
     "mtf_array",
     "fourier_rescale",
+    "fourier_upsample",
+    "fourier_downsample",
     "defocus_kernel",
     "propagate",
 ]
@@ -142,6 +144,50 @@ def fourier_rescale(wave: np.ndarray, shape, once: bool = False) -> np.ndarray:
     padded = np.zeros(shape, dtype=np.complex64)
     padded[dst_y, dst_x] = spectrum[src_y, src_x]
     return fft.ifft2(np.fft.ifftshift(padded), once=once)
+
+
+def _window_indices(n: int, half: int) -> np.ndarray:
+    """Unshifted indices of the centred frequencies -half..half of an n-point FFT."""
+    return np.arange(-half, half + 1) % n
+
+
+def fourier_upsample(wave: np.ndarray, shape) -> np.ndarray:
+    """:func:`fourier_rescale` to a larger ``shape``, skipping the transforms of zeros.
+
+    Only the rows that hold the kept frequencies are transformed along x; a
+    large transform of a mostly empty spectrum costs little more than half of
+    a full one.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    if shape[0] < wave.shape[0] or shape[1] < wave.shape[1]:
+        return fourier_rescale(wave, shape)
+    spectrum = fft.fft2(wave)
+    half_y, half_x = (min(wave.shape[0], shape[0]) - 1) // 2, (min(wave.shape[1], shape[1]) - 1) // 2
+    src_y, dst_y = _window_indices(wave.shape[0], half_y), _window_indices(shape[0], half_y)
+    src_x, dst_x = _window_indices(wave.shape[1], half_x), _window_indices(shape[1], half_x)
+    rows = np.zeros((len(dst_y), shape[1]), dtype=np.complex64)
+    rows[:, dst_x] = spectrum[np.ix_(src_y, src_x)]
+    rows = fft.ifft_axis(rows, 1)
+    full = np.zeros(shape, dtype=np.complex64)
+    full[dst_y, :] = rows
+    # ifft along y; the 1/ny and 1/nx factors of ifft2 come from the two 1-D transforms,
+    # the wave was transformed unnormalised as in fourier_rescale
+    return fft.ifft_axis(full, 0)
+
+
+def fourier_downsample(big: np.ndarray, shape) -> np.ndarray:
+    """:func:`fourier_rescale` to a smaller ``shape``, computing only the kept frequencies."""
+    shape = (int(shape[0]), int(shape[1]))
+    if shape[0] > big.shape[0] or shape[1] > big.shape[1]:
+        return fourier_rescale(big, shape)
+    half_y, half_x = (min(big.shape[0], shape[0]) - 1) // 2, (min(big.shape[1], shape[1]) - 1) // 2
+    src_y, dst_y = _window_indices(big.shape[0], half_y), _window_indices(shape[0], half_y)
+    src_x, dst_x = _window_indices(big.shape[1], half_x), _window_indices(shape[1], half_x)
+    columns = np.ascontiguousarray(fft.fft_axis(big, 1)[:, src_x])
+    kept = fft.fft_axis(columns, 0)[src_y, :]
+    small = np.zeros(shape, dtype=np.complex64)
+    small[np.ix_(dst_y, dst_x)] = kept
+    return fft.ifft2(small)
 
 
 @lru_cache(maxsize=32)

@@ -31,7 +31,7 @@ from holodask.align import alignment_grid, correlate_spectra, correlation_mask
 from holodask.average import average_series, scheduler_of
 from holodask.errors import DataError, InputFileError, ParameterError
 from holodask import fft
-from holodask.optics import carrier_per_nm, fourier_rescale, propagate
+from holodask.optics import carrier_per_nm, fourier_downsample, fourier_rescale, fourier_upsample, propagate
 from holodask.params import HoloParams, load_parameters
 from holodask.reconstruct import (
     SidebandGeometry,
@@ -153,17 +153,45 @@ def _reconstruct_block(block, shifts, geometry: SidebandGeometry, big_empty, roi
     return wave[None]
 
 
+@dataclass(frozen=True)
+class _ConstantEmpty:
+    """An empty wave that is one value everywhere (no empty given), at the camera size."""
+
+    value: complex
+    shape: tuple[int, int]
+
+
 def _normalise(wave, big_empty, roi, shift_xy, out_shape):
-    """Divide a reconstruction by the empty wave under its drift-moved ROI."""
+    """Divide a reconstruction by the empty wave under its drift-moved ROI.
+
+    As the reference: Fourier-interpolate to the ROI size, divide where the ROI
+    lies on the camera, Fourier-interpolate back. For a constant empty wave and
+    a ROI inside the image that is a division and, for even sizes, the loss of
+    the Nyquist frequencies (the interpolation keeps ``2*((n-1)//2)+1`` of them),
+    computed here without going through the ROI size.
+    """
     left, top, right, bottom = moved_roi(roi, shift_xy)
     roi_shape = (bottom - top, right - left)
-    big = fourier_rescale(wave, roi_shape)
+    if isinstance(big_empty, _ConstantEmpty):
+        height, width = big_empty.shape
+        if left >= 0 and top >= 0 and right <= width and bottom <= height and wave.shape == tuple(out_shape):
+            ny, nx = wave.shape
+            if ny % 2 == 0 or nx % 2 == 0:
+                spectrum = fft.fft2(wave)
+                if ny % 2 == 0 and roi_shape[0] >= ny:
+                    spectrum[ny // 2, :] = 0
+                if nx % 2 == 0 and roi_shape[1] >= nx:
+                    spectrum[:, nx // 2] = 0
+                wave = fft.ifft2(spectrum)
+            return (wave / np.complex64(big_empty.value)).astype(np.complex64)
+        big_empty = np.full(big_empty.shape, big_empty.value, dtype=np.complex64)
+    big = fourier_upsample(wave, roi_shape)
     height, width = big_empty.shape
     y0, x0 = max(0, top), max(0, left)
     y1, x1 = min(height, bottom), min(width, right)
     if y1 > y0 and x1 > x0:
         big[y0 - top:y1 - top, x0 - left:x1 - left] /= big_empty[y0:y1, x0:x1]
-    return fourier_rescale(big, out_shape).astype(np.complex64)
+    return fourier_downsample(big, out_shape).astype(np.complex64)
 
 
 def _reconstruct_empty_block(block, geometry, frame_index, source, block_info=None):
@@ -488,9 +516,8 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
     else:
         # the reference divides by a wave of ones brought to the camera size
         e_size = _empty_size(params)
-        big_empty = np.full(camera_shape, e_size * e_size / (camera_shape[0] * camera_shape[1]), np.complex64)
-        if params.only_phase:
-            big_empty = np.ones(camera_shape, np.complex64)
+        value = 1.0 if params.only_phase else e_size * e_size / (camera_shape[0] * camera_shape[1])
+        big_empty = _ConstantEmpty(value, camera_shape)
     big_empty_d = dask.delayed(big_empty, pure=True)
     stack = da.map_blocks(
         _reconstruct_block, rois, shifts_da, geometry, big_empty_d, roi, frame_index, source, (size, size),

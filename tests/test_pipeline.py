@@ -216,3 +216,16 @@ def test_command_line_run(tmp_path):
     assert done.returncode == 1
     assert done.stderr.startswith("holodask: error: sideband_pos") and "Traceback" not in done.stderr
     assert not (tmp_path / "bad.hdf5").exists()
+
+
+@pytest.mark.parametrize("size, shift", [(32, (0, 0)), (33, (2, -3)), (32, (30, 0))])
+def test_constant_empty_shortcut_equals_the_full_normalisation(size, shift):
+    from holodask.pipeline import _ConstantEmpty, _normalise
+
+    rng = np.random.default_rng(0)
+    wave = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))).astype(np.complex64)
+    roi, camera = (10, 12, 58, 60), (80, 80)
+    value = 0.37
+    fast = _normalise(wave, _ConstantEmpty(value, camera), roi, shift, (size, size))
+    full = _normalise(wave, np.full(camera, value, np.complex64), roi, shift, (size, size))
+    np.testing.assert_allclose(fast, full, atol=2e-5 * np.abs(full).max())
