@@ -84,7 +84,7 @@ def run_case(name, frames, size_px, object_size_px, defocus, repeats, workdir: P
     sim = simulate_series(
         folder, n_frames=frames, size_px=size_px, object_size_px=object_size_px,
         dose_e_per_px=500.0, drift_step_px=0.5, biprism_phase_jitter_rad=0.3,
-        defocus_step_nm=5.0 if defocus else 0.0, seed=7,
+        defocus_step_nm=5.0 if defocus else 0.0, seed=7, texture_contrast=0.1,
     )
     base = parse_parameter_text(Path(sim.params_path).read_text())
     base["adjust_defocus"] = bool(defocus)

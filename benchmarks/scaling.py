@@ -35,7 +35,8 @@ def simulate(folder: Path, frames: int, size: int, object_size: int) -> Path:
     from holodask.simulate import simulate_series
 
     sim = simulate_series(folder, n_frames=frames, size_px=size, object_size_px=object_size,
-                          dose_e_per_px=500.0, drift_step_px=0.5, seed=11)
+                          dose_e_per_px=500.0, drift_step_px=0.5, seed=11,
+                          texture_contrast=0.1)
     return Path(sim.params_path)
 
 

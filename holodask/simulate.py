@@ -65,6 +65,7 @@ _SEED_STREAMS = (
     "noise",
     "hot_pixels",
     "cosmic_rays",
+    "texture",
 )
 
 
@@ -107,6 +108,8 @@ def make_object_wave(
     rng: np.random.Generator,
     n_particles: int = 6,
     phase_range_rad: float = 1.6,
+    texture_contrast: float = 0.0,
+    texture_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """A smooth, band-limited complex object wave relative to vacuum.
 
@@ -115,6 +118,12 @@ def make_object_wave(
     alignment), then low-passed in Fourier space so that nothing lies beyond
     ``band_limit_px`` (FFT pixels of the ``size_px`` grid). Far from the
     particles the wave is 1.
+
+    ``texture_contrast`` > 0 adds an amorphous support film: a random,
+    band-limited absorption texture of that RMS (and a phase texture of the
+    same RMS in rad), drawn from ``texture_rng``. Like a real specimen it gives
+    the centre band contrast at every spatial frequency up to the band limit,
+    which the raw alignment's phase correlation needs on noisy holograms.
 
     Returns a complex128 array ``(size_px, size_px)``.
     """
@@ -136,6 +145,12 @@ def make_object_wave(
     span = phase.max() - phase.min()
     if span > 0:
         phase *= phase_range_rad / span
+    if texture_contrast > 0:
+        rng_texture = texture_rng if texture_rng is not None else rng
+        lowpass = _smooth_lowpass(shape, band_limit_px)
+        for target in (absorption, phase):
+            field = np.fft.ifft2(np.fft.fft2(rng_texture.normal(size=shape)) * lowpass).real
+            target += texture_contrast * field / max(field.std(), 1e-12)
     wave = np.exp(-absorption + 1j * phase)
     spectrum = np.fft.fft2(wave) * _smooth_lowpass(shape, band_limit_px)
     return np.fft.ifft2(spectrum)
@@ -441,6 +456,7 @@ def simulate_series(
     seed: int = 0,
     file_format: str = "hdf5",
     roi_margin_px: int | None = None,
+    texture_contrast: float = 0.0,
 ) -> SimulatedSeries:
     """Write a simulated object series and empty series with known truth.
 
@@ -503,6 +519,12 @@ def simulate_series(
         reference fills what falls outside with the mean, which spoils the
         reconstruction near the edges).
 
+    texture_contrast
+        RMS of an amorphous support-film texture (absorption, and phase in
+        rad) added to the object; 0 (default) for the bare particles. Real
+        specimens have such contrast; it lets raw alignment work on noisy
+        holograms.
+
     Returns
     -------
     SimulatedSeries
@@ -558,7 +580,8 @@ def simulate_series(
     cut_off_per_nm = cut_off_px / (size_px * sampling_nm)
     band_limit_px = 0.5 * cut_off_px
 
-    object_wave = make_object_wave(size_px, band_limit_px, streams["object"])
+    object_wave = make_object_wave(size_px, band_limit_px, streams["object"],
+                                   texture_contrast=texture_contrast, texture_rng=streams["texture"])
     gain, reference_phase_rad = make_illumination(shape, streams["illumination"])
 
     drift_px = _random_walk(streams["drift"], n_frames, drift_step_px)

@@ -37,6 +37,7 @@ def run(args) -> int:
         drift_step_px=0.7,
         biprism_phase_jitter_rad=0.3,
         contrast_jitter=0.05,
+        texture_contrast=0.1,
         seed=args.seed,
     )
     t1 = time.perf_counter()
