@@ -35,6 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import machine_facts, phase_rms_difference, run_measured  # noqa: E402
 
+from holodask.params import parse_parameter_text  # noqa: E402
+
 #: name -> (frames, camera size px, object_size px, defocus fit)
 CASES = {
     "20x1024": (20, 1024, 256, False),
@@ -84,7 +86,7 @@ def run_case(name, frames, size_px, object_size_px, defocus, repeats, workdir: P
         dose_e_per_px=500.0, drift_step_px=0.5, biprism_phase_jitter_rad=0.3,
         defocus_step_nm=5.0 if defocus else 0.0, seed=7,
     )
-    base = json.loads(Path(sim.params_path).read_text())
+    base = parse_parameter_text(Path(sim.params_path).read_text())
     base["adjust_defocus"] = bool(defocus)
     for prog in ("reference", "holodask"):
         p = dict(base, output_name=f"{prog}.hdf5")

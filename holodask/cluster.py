@@ -415,6 +415,22 @@ def _start_local(options: SchedulerOptions, scratch: Path | None, stack: context
     return client
 
 
+def _job_ids(cluster) -> list[str]:
+    """Batch-system ids of the jobs a dask-jobqueue cluster has submitted so far."""
+    ids = []
+    for job in list(getattr(cluster, "workers", {}).values()):
+        job_id = getattr(job, "job_id", None)
+        if job_id:
+            ids.append(str(job_id))
+    return sorted(set(ids))
+
+
+def _report_jobs(options: SchedulerOptions, cluster, kind: str) -> None:
+    ids = _job_ids(cluster)
+    if ids:
+        _say(options, f"{kind} job ids: {' '.join(ids)}")
+
+
 def _start_job_cluster(options: SchedulerOptions, scratch: Path | None, stack: contextlib.ExitStack):
     from distributed import Client
 
@@ -435,6 +451,7 @@ def _start_job_cluster(options: SchedulerOptions, scratch: Path | None, stack: c
     logger.debug("job script:\n%s", cluster.job_script())
     cluster.scale(jobs=jobs)
     _say(options, f"submitted {jobs} {kind} job(s); waiting for the first Dask worker")
+    stack.callback(_report_jobs, options, cluster, kind)  # runs before the cluster closes
     try:
         client.wait_for_workers(1, timeout=wait_s)
     except (TimeoutError, OSError):

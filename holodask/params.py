@@ -545,6 +545,15 @@ def _expand_pattern(name: str, pattern: str, index: int, several: bool) -> str:
     return literal
 
 
+def _without_placeholder(pattern: str) -> bool:
+    """Whether a name holds no printf placeholder (``%%`` escapes allowed)."""
+    try:
+        pattern % ()
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def expand_names(
     name: str,
     names: Any,
@@ -562,7 +571,9 @@ def expand_names(
     names : str or list of str
         A printf pattern (``pattern % index`` over ``first..last`` inclusive,
         without ``exclude``), or a list of file specs used as given with
-        indices ``0..n-1``.
+        indices ``0..n-1``. A name without placeholder and without
+        ``first``/``last`` is one file spec (e.g. a multi-frame container)
+        with series index 0; its frames then count 0..N-1.
     first, last : int or None
         Index range of a pattern (ignored for a list).
     exclude : tuple of int
@@ -593,6 +604,14 @@ def expand_names(
             f"parameter '{name}' must be a printf pattern (e.g. \"img_%03d.dm3\") or a list of "
             f"file names, got {_show(names)}"
         )
+    if first is None and last is None and _without_placeholder(names):
+        # one file spec naming a whole series (a multi-frame container): its frames are 0..N-1
+        if exclude:
+            raise ParameterError(
+                f"parameter '{prefix}_exclude' needs '{prefix}_first'/'{prefix}_last' and a pattern; "
+                f"{prefix}_names = {names!r} names one file (a whole series)"
+            )
+        return SeriesSpec(specs=(_absolute_spec(names % (), base),), indices=(0,))
     if first is None or last is None:
         missing = [f"{prefix}_{k}" for k, v in (("first", first), ("last", last)) if v is None]
         raise ParameterError(

@@ -277,6 +277,11 @@ def _empty_stage(params: HoloParams, objects: xr.DataArray | None, scheduler, cl
         return _Empty(None, {}, False)
 
     empties = _open(params.empty_series, params)
+    empty_outliers = None
+    if params.outlier_cutoff is not None:  # outlier repair (holodask.outliers)
+        from holodask.outliers import repair_series
+
+        empties, empty_outliers = repair_series(empties, params.outlier_cutoff, scheduler)
     size = _empty_size(params)
     sampling = _sampling(empties, params, "empty")
     shape = tuple(empties.shape[1:])
@@ -304,6 +309,8 @@ def _empty_stage(params: HoloParams, objects: xr.DataArray | None, scheduler, cl
                                     convergence=result.convergence, frame_index=frame_index))
     else:
         wave = np.asarray(stack[0].compute(scheduler=scheduler))
+    if empty_outliers is not None:
+        attrs["outliers"] = empty_outliers
     return _Empty(wave.astype(np.complex64), attrs, True)
 
 
@@ -427,8 +434,15 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
         geometry = _geometry(params, (roi[3] - roi[1], roi[2] - roi[0]), camera_shape, sampling,
                              int(params.object_size), binning)
 
+    from holodask.io.qpimage_export import check_run_export, export_run
+    from holodask.outliers import repair_series, write_outlier_counts
+
+    check_run_export(params, output, objects.attrs.get("voltage_kV") if objects is not None else None)
     if client is not None:
         _share_fft_plans(params, objects, client)
+    outliers = None
+    if objects is not None and params.outlier_cutoff is not None:
+        objects, outliers = repair_series(objects, params.outlier_cutoff, scheduler)
     shifts = None
     with HoloOutputFile(output, prefix=params.output_prefix) as out:
         empty = _empty_stage(params, objects, scheduler, client)
@@ -436,6 +450,8 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
             out.write_dataset("empty", empty.wave, empty.attrs)
         if objects is not None:
             shifts = _object_stage(params, objects, empty, out, scheduler, client, standard_attrs, hologram_attrs)
+            write_outlier_counts(out, outliers, params)
+    export_run(params, output)
 
     if params.only_align or (objects is None and not empty.write):
         return _alignment_dataset(output, params, shifts)

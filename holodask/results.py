@@ -30,6 +30,7 @@ _PER_FRAME = {
     "defocus(nm)": ("defocus_nm", False),
     "error": ("error", False),
     "raw_shift": ("raw_shift_px", True),
+    "outliers": ("outliers", False),
 }
 
 #: attributes not copied into ``Dataset.attrs`` (they become variables or coords)
@@ -157,6 +158,18 @@ def _series_variable(path: Path, f: h5py.File, name: str, y, x) -> xr.DataArray 
     return xr.DataArray(array, dims=dims, coords=coords, name="series")
 
 
+def _empty_outliers(f: h5py.File, prefix: str, present) -> xr.DataArray | None:
+    """Outliers replaced per empty hologram (``empty`` attribute ``outliers``), along ``empty_frame``."""
+    if "empty" not in present or "outliers" not in f[f"{prefix}empty"].attrs:
+        return None
+    attrs = f[f"{prefix}empty"].attrs
+    counts = np.asarray(attrs["outliers"], dtype=np.int64).ravel()
+    index = attrs.get("frame_index")
+    index = (np.asarray(index, dtype=np.int64).ravel() if index is not None and np.size(index) == counts.size
+             else np.arange(counts.size))
+    return xr.DataArray(counts, dims=("empty_frame",), coords={"empty_frame": index})
+
+
 def open_result(path, prefix: str = "") -> xr.Dataset:
     """Open a result file as an :class:`xarray.Dataset`.
 
@@ -175,7 +188,8 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
         size or sampling differs), ``variance`` (float32); per hologram along
         ``frame``: ``factor`` (complex), ``shift_nm``, ``tilt_per_nm`` and
         ``raw_shift_px`` (with axis ``xy`` = ["x", "y"]), ``defocus_nm``,
-        ``error``; ``convergence`` along ``iteration``; ``series`` (lazy,
+        ``error``, ``outliers`` (pixels replaced by the outlier repair;
+        ``empty_outliers`` along ``empty_frame`` for the empty series); ``convergence`` along ``iteration``; ``series`` (lazy,
         Dask-backed, dims ``frame``/``y``/``x``) when the file holds one.
         ``attrs`` hold ``parameters`` (the parsed parameter JSON),
         ``sampling_nm``, ``source``, ``prefix`` and the other attributes of
@@ -241,6 +255,9 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
             else:
                 variables[var] = xr.DataArray(value.ravel(), dims=("frame",))
             n_frames = variables[var].shape[0]
+        empty_outliers = _empty_outliers(f, prefix, present) if main != "empty" else None
+        if empty_outliers is not None:  # (an empty-only result has them as ``outliers``)
+            variables["empty_outliers"] = empty_outliers
         if "convergence" in main_attrs:
             conv = np.asarray(main_attrs["convergence"], dtype=np.float64).ravel()
             variables["convergence"] = xr.DataArray(conv, dims=("iteration",),

@@ -348,6 +348,9 @@ def repair_outliers(
 ) -> tuple[np.ndarray, int]:
     """Replace pixels with ``frame >= avg + cutoff * std`` by the pixel's trimmed average.
 
+    A pixel equal to its average (``std == 0``, e.g. identical frames) is no
+    outlier: it is neither replaced nor counted.
+
     Returns
     -------
     (repaired_frame, n_replaced)
@@ -355,7 +358,7 @@ def repair_outliers(
     """
     frame = np.asarray(frame)
     avg = np.asarray(avg)
-    hits = raw_masks(frame, avg, std, cutoff)
+    hits = raw_masks(frame, avg, std, cutoff) & (frame > avg)
     dtype = np.result_type(frame.dtype, avg.dtype, np.float32)
     repaired = np.where(hits, avg, frame).astype(dtype, copy=False)
     return repaired, int(np.count_nonzero(hits))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 HELP = "simulate a small hologram series, run the pipeline on it and draw the result (seconds)"
 
 
@@ -40,12 +42,17 @@ def run(args) -> int:
     t1 = time.perf_counter()
     print(f"simulated {args.frames} object holograms and an empty hologram of {args.size}x{args.size} px "
           f"in {outdir} ({t1 - t0:.1f} s)")
-    params = load_parameters(sim.params_path)
+    from dataclasses import replace
+
+    from holodask.results import open_result
+
+    params = replace(load_parameters(sim.params_path), output_series=True)
     result = run_pipeline(params)
     t2 = time.perf_counter()
     result_path = Path(params.output_name)
     png = save_quicklook(result, outdir / "result.png")
-    single = sim.phase_error_rad(result["series"].values[0]) if "series" in result else None
+    with open_result(result_path) as written:
+        single = sim.phase_error_rad(np.asarray(written["series"][0])) if "series" in written else None
     average = sim.phase_error_rad(result["data"].values)
     print(f"reconstructed and averaged in {t2 - t1:.1f} s")
     print(f"phase error against the simulated truth: {average:.3f} rad RMS"

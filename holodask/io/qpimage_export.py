@@ -161,5 +161,38 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
     return written
 
 
-__all__ = ["export_qpimage", "wave_to_amplitude_phase", "qpimage_meta", "average_path",
+def check_run_export(params, output_path, voltage_kV=None) -> Path | None:
+    """Check a run's ``output_qpimage`` before the run starts; the export path or None.
+
+    The export needs the averaged object wave: a run with ``object_names`` and
+    without ``only_align``, and the voltage (``voltage_kV``: what the files or
+    the parameters give) for the wavelength; it must not overwrite the run's
+    own output file.
+    """
+    if not params.output_qpimage:
+        return None
+    if params.object_series is None or params.only_align:
+        raise ParameterError("output_qpimage: needs an averaged object wave (object_names, "
+                             "without only_align)")
+    if voltage_kV is None:
+        raise ParameterError("output_qpimage: the wavelength needs the voltage; the files carry none, "
+                             "give the parameter 'voltage' in kV")
+    out_path = check_output_path(params.output_qpimage)
+    targets = [out_path] + ([average_path(out_path)] if params.output_series else [])
+    if any(Path(t).resolve() == Path(output_path).resolve() for t in targets):
+        raise ParameterError(f"output_qpimage: {out_path} would overwrite the output file "
+                             f"{output_path} (output_name)")
+    return out_path
+
+
+def export_run(params, output_path) -> list[Path]:
+    """Export a finished run's result file as ``output_qpimage`` says (QPSeries with
+    ``output_series``); the files written (none without ``output_qpimage``)."""
+    if not params.output_qpimage:
+        return []
+    return export_qpimage(output_path, params.output_qpimage, prefix=params.output_prefix,
+                          series=bool(params.output_series))
+
+
+__all__ = ["export_qpimage", "check_run_export", "export_run", "wave_to_amplitude_phase", "qpimage_meta", "average_path",
            "MEDIUM_INDEX", "QPIMAGE_FORMAT_VERSION"]
