@@ -30,7 +30,9 @@ __all__ = [
     "STATE_SIZE",
     "initial_state",
     "phase_correlate",
-    "correlation_mask",
+    "CorrelationWindow",
+    "correlation_window",
+    "window_spectrum",
     "correlate_spectra",
     "AlignmentGrid",
     "alignment_grid",
@@ -58,26 +60,62 @@ def initial_state(factor: complex = 1.0, defocus_nm: float = 0.0) -> np.ndarray:
 # --------------------------------------------------------------------------- raw alignment
 
 
-def correlation_mask(shape, sampling_nm: float, cut_off_per_nm: float) -> np.ndarray:
-    """Hard low-pass (``|q| < cut_off``) on the half spectrum of :func:`holodask.fft.rfft2`."""
-    qy = np.fft.fftfreq(int(shape[0]), sampling_nm).reshape(-1, 1)
-    qx = np.fft.rfftfreq(int(shape[1]), sampling_nm).reshape(1, -1)
-    return ((qx**2 + qy**2) < cut_off_per_nm**2).astype(np.float32)
+@dataclass(frozen=True)
+class CorrelationWindow:
+    """The low frequencies a phase correlation keeps (``|q| < cut-off``).
+
+    Spectra are computed and correlated only on the rows ``ky = -ry..ry`` and
+    columns ``kx = 0..rx`` of the half spectrum that can pass the low-pass; the
+    result equals the correlation of full spectra with the hard mask.
+    """
+
+    shape: tuple[int, int]
+    rows: np.ndarray  # unshifted row indices of ky = -ry..ry
+    n_columns: int  # kx = 0..rx
+    mask: np.ndarray  # (2 ry + 1, rx + 1) float32
 
 
-def correlate_spectra(previous: np.ndarray, current: np.ndarray, mask: np.ndarray, shape) -> tuple[int, int]:
-    """Integer shift ``(dx, dy)`` between two half spectra (phase correlation).
+def correlation_window(shape, sampling_nm: float, cut_off_per_nm: float) -> CorrelationWindow:
+    """The :class:`CorrelationWindow` of images of ``shape`` for a cut-off in 1/nm."""
+    height, width = int(shape[0]), int(shape[1])
+    reach_y = int(np.floor(cut_off_per_nm * sampling_nm * height))
+    reach_x = int(np.floor(cut_off_per_nm * sampling_nm * width))
+    reach_y = min(reach_y, (height - 1) // 2)
+    reach_x = min(reach_x, width // 2)
+    ky = np.arange(-reach_y, reach_y + 1)
+    kx = np.arange(0, reach_x + 1)
+    qy = (ky / (height * sampling_nm)).reshape(-1, 1)
+    qx = (kx / (width * sampling_nm)).reshape(1, -1)
+    mask = ((qx**2 + qy**2) < cut_off_per_nm**2).astype(np.float32)
+    return CorrelationWindow((height, width), ky % height, reach_x + 1, mask)
+
+
+def window_spectrum(image: np.ndarray, window: CorrelationWindow) -> np.ndarray:
+    """The low-frequency part of an image's spectrum that :func:`correlate_spectra` uses."""
+    along_x = fft.rfft_axis(np.asarray(image, dtype=np.float32), 1)[:, : window.n_columns]
+    return fft.fft_axis(np.ascontiguousarray(along_x), 0)[window.rows, :]
+
+
+def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: CorrelationWindow) -> tuple[int, int]:
+    """Integer shift ``(dx, dy)`` between two window spectra (phase correlation).
 
     The sign follows the reference's ``raw_shift``: a feature that moved by
     ``+d`` from ``previous`` to ``current`` gives ``-d``.
     """
-    scale = 0.5 * abs(previous[0, 0]) + 0.5 * abs(current[0, 0])
+    height, width = window.shape
+    centre = len(window.rows) // 2  # ky = 0
+    scale = 0.5 * abs(previous[centre, 0]) + 0.5 * abs(current[centre, 0])
     cross = previous * np.conj(current)
     cross /= np.abs(cross) + 1e-4 * scale
-    cross *= mask
-    ccf = np.fft.fftshift(fft.irfft2(cross, shape))
+    cross *= window.mask
+    columns = np.zeros((height, window.n_columns), dtype=np.complex64)
+    columns[window.rows, :] = cross
+    columns = fft.ifft_axis(columns, 0)
+    half = np.zeros((height, width // 2 + 1), dtype=np.complex64)
+    half[:, : window.n_columns] = columns
+    ccf = np.fft.fftshift(fft.irfft_axis(half, width, 1))
     peak = np.unravel_index(int(np.argmax(ccf)), ccf.shape)
-    return int(peak[1] - shape[1] // 2), int(peak[0] - shape[0] // 2)
+    return int(peak[1] - width // 2), int(peak[0] - height // 2)
 
 
 def phase_correlate(previous: np.ndarray, current: np.ndarray, cut_off_per_nm: float, sampling_nm: float = 1.0) -> tuple[int, int]:
@@ -89,9 +127,8 @@ def phase_correlate(previous: np.ndarray, current: np.ndarray, cut_off_per_nm: f
     cut_off_per_nm : hard low-pass cut-off in 1/nm.
     sampling_nm : pixel size in nm.
     """
-    shape = np.shape(previous)
-    mask = correlation_mask(shape, sampling_nm, cut_off_per_nm)
-    return correlate_spectra(fft.rfft2(previous), fft.rfft2(current), mask, shape)
+    window = correlation_window(np.shape(previous), sampling_nm, cut_off_per_nm)
+    return correlate_spectra(window_spectrum(previous, window), window_spectrum(current, window), window)
 
 
 # --------------------------------------------------------------------------- fine alignment

@@ -31,6 +31,8 @@ __all__ = [
     "irfft2",
     "fft_axis",
     "ifft_axis",
+    "rfft_axis",
+    "irfft_axis",
     "prepare",
     "export_wisdom",
     "import_wisdom",
@@ -118,7 +120,7 @@ def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, ef
         builder = getattr(pyfftw.builders, kind)
         kwargs = dict(threads=_fft_threads, planner_effort=effort)
         if out_shape is not None:
-            kwargs["s"] = out_shape
+            kwargs["n" if axis is not None else "s"] = out_shape
         if axis is not None:
             kwargs["axis"] = axis
         plan = builder(template, **kwargs)
@@ -128,13 +130,17 @@ def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, ef
     return plan
 
 
-def prepare(kind: str, shape, out_shape=None) -> None:
-    """Plan a transform now (``kind``: fft2, ifft2, rfft2, irfft2; ``shape`` of its input)."""
+def prepare(kind: str, shape, out_shape=None, axis=None) -> None:
+    """Plan a transform now (``kind``: fft2, ifft2, rfft2, irfft2, or the 1-D fft, ifft,
+    rfft, irfft along ``axis``; ``shape`` of its input)."""
     if not _HAVE_PYFFTW:
         return
-    dtype = np.dtype(np.float32 if kind == "rfft2" else np.complex64)
-    _plan(kind, tuple(int(s) for s in shape), dtype,
-          tuple(int(s) for s in out_shape) if out_shape is not None else None)
+    dtype = np.dtype(np.float32 if kind in ("rfft2", "rfft") else np.complex64)
+    if out_shape is not None and axis is None:
+        out_shape = tuple(int(s) for s in out_shape)
+    elif out_shape is not None:
+        out_shape = int(out_shape)
+    _plan(kind, tuple(int(s) for s in shape), dtype, out_shape, axis=axis)
 
 
 def export_wisdom():
@@ -218,6 +224,24 @@ def ifft_axis(a: np.ndarray, axis: int) -> np.ndarray:
     if _HAVE_PYFFTW:
         return _execute(_plan("ifft", a.shape, a.dtype, axis=axis), a, 1.0 / a.shape[axis])
     return scipy.fft.ifft(a, axis=axis, workers=_fft_threads)
+
+
+def rfft_axis(a: np.ndarray, axis: int) -> np.ndarray:
+    """Forward 1-D FFTs of real float32 input along ``axis`` (half spectra)."""
+    a = _as(a, np.float32)
+    if _HAVE_PYFFTW:
+        return _execute(_plan("rfft", a.shape, a.dtype, axis=axis), a)
+    return scipy.fft.rfft(a, axis=axis, workers=_fft_threads)
+
+
+def irfft_axis(a: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Inverse of :func:`rfft_axis` onto ``n`` real points along ``axis``."""
+    a = _as(a, np.complex64)
+    if _HAVE_PYFFTW:
+        out_shape = list(a.shape)
+        out_shape[axis] = int(n)
+        return _execute(_plan("irfft", a.shape, a.dtype, out_shape=int(n), axis=axis), a, 1.0 / n)
+    return scipy.fft.irfft(a, n=n, axis=axis, workers=_fft_threads)
 
 
 def irfft2(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -27,7 +27,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from holodask.align import alignment_grid, correlate_spectra, correlation_mask
+from holodask.align import alignment_grid, correlate_spectra, correlation_window, window_spectrum
 from holodask.average import average_series, scheduler_of
 from holodask.errors import DataError, InputFileError, ParameterError
 from holodask import fft
@@ -118,15 +118,15 @@ def _check_finite(frame: np.ndarray, block_info, frame_index, source: str) -> No
         raise DataError(f"{_frame_label(block_info, frame_index)} of {source} holds NaN or Inf pixels")
 
 
-def _align_spectrum_block(block, region, frame_index, source, block_info=None):
+def _align_spectrum_block(block, region, window, frame_index, source, block_info=None):
     frame = block[0]
     _check_finite(frame, block_info, frame_index, source)
     left, top, right, bottom = region
-    return fft.rfft2(frame[top:bottom, left:right].astype(np.float32))[None]
+    return window_spectrum(frame[top:bottom, left:right], window)[None]
 
 
-def _correlate_block(previous, current, mask, shape):
-    dx, dy = correlate_spectra(previous[0], current[0], mask, shape)
+def _correlate_block(previous, current, window):
+    dx, dy = correlate_spectra(previous[0], current[0], window)
     return np.array([[dx, dy]], dtype=np.int64)
 
 
@@ -358,17 +358,16 @@ def _raw_alignment(objects: xr.DataArray, params: HoloParams, region, sampling, 
         return np.zeros((n_frames, 2), dtype=np.int64)
     left, top, right, bottom = region
     shape = (bottom - top, right - left)
-    half = (shape[0], shape[1] // 2 + 1)
     frame_index = np.asarray(objects["frame"].values)
     source = objects.attrs.get("source") or "the object series"
-    spectra = objects.data.map_blocks(
-        _align_spectrum_block, region, frame_index, source,
-        chunks=((1,) * n_frames, (half[0],), (half[1],)), dtype=np.complex64,
-    )
     cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm
-    mask = correlation_mask(shape, sampling, cut_off)
+    window = correlation_window(shape, sampling, cut_off)
+    spectra = objects.data.map_blocks(
+        _align_spectrum_block, region, window, frame_index, source,
+        chunks=((1,) * n_frames, (window.mask.shape[0],), (window.mask.shape[1],)), dtype=np.complex64,
+    )
     steps = da.map_blocks(
-        _correlate_block, spectra[:-1], spectra[1:], mask, shape,
+        _correlate_block, spectra[:-1], spectra[1:], window,
         chunks=((1,) * (n_frames - 1), (2,)), drop_axis=2, dtype=np.int64,
     )
     steps = np.asarray(steps.compute(scheduler=scheduler))
@@ -570,25 +569,31 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
     Workers then compute exactly what a local run computes (FFTW's measured
     plans otherwise differ between processes in the last bits).
     """
-    shapes = []
-    if params.object_size:
-        size = (int(params.object_size),) * 2
-        shapes += [("fft2", size), ("ifft2", size)]
-    if params.empty_size:
-        size = (int(params.empty_size),) * 2
-        shapes += [("fft2", size), ("ifft2", size)]
+    plans = []  # (kind, shape, out_shape, axis)
+    for size in {params.object_size, params.empty_size} - {None}:
+        plans += [("fft2", (size, size), None, None), ("ifft2", (size, size), None, None)]
     if objects is not None:
         camera_shape = tuple(int(s) for s in objects.shape[1:])
-        shapes.append(("rfft2", camera_shape))
-        for name, region in (("roi", params.roi), ("align_roi", params.align_roi_or_roi)):
-            left, top, right, bottom = region if region is not None else (0, 0, camera_shape[1], camera_shape[0])
-            shape = (bottom - top, right - left)
-            shapes += [("rfft2", shape), ("fft2", shape), ("ifft2", shape)]
-            if name == "align_roi":
-                shapes.append(("irfft2", (shape[0], shape[1] // 2 + 1), shape))
-    for kind, shape, *out_shape in shapes:
+        plans.append(("rfft2", camera_shape, None, None))
+        region = params.roi if params.roi is not None else (0, 0, camera_shape[1], camera_shape[0])
+        roi_shape = (region[3] - region[1], region[2] - region[0])
+        plans.append(("rfft2", roi_shape, None, None))
+        if params.object_size:
+            keep = 2 * ((min(params.object_size, *roi_shape) - 1) // 2) + 1
+            plans += [("ifft", (keep, roi_shape[1]), None, 1), ("ifft", roi_shape, None, 0),
+                      ("fft", roi_shape, None, 1), ("fft", (roi_shape[0], keep), None, 0)]
+        region = params.align_roi_or_roi or (0, 0, camera_shape[1], camera_shape[0])
+        shape = (region[3] - region[1], region[2] - region[0])
+        sampling = params.sampling_nm or objects.attrs.get("sampling_nm")
+        cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm
+        if sampling and shape[0] > 0 and shape[1] > 0:
+            window = correlation_window(shape, sampling, cut_off)
+            columns = (shape[0], window.n_columns)
+            plans += [("rfft", shape, None, 1), ("fft", columns, None, 0), ("ifft", columns, None, 0),
+                      ("irfft", (shape[0], shape[1] // 2 + 1), shape[1], 1)]
+    for kind, shape, out_shape, axis in plans:
         try:
-            fft.prepare(kind, shape, *out_shape)
+            fft.prepare(kind, shape, out_shape, axis=axis)
         except (ValueError, TypeError):  # a bad shape is reported later, with its parameter
             pass
     wisdom = fft.export_wisdom()
