@@ -17,6 +17,8 @@ round ``defocus_start``; factors normalised to a mean amplitude of 1 each round.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 
 import dask
@@ -185,6 +187,46 @@ def _getitem(obj, index):
 # ---------------------------------------------------------------- the rounds
 
 
+_STORE_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("holodask_stack_store", default=None)
+
+
+@contextlib.contextmanager
+def stack_store(scratch=None):
+    """Within the block, :func:`average_series` keeps its stacks in Zarr stores under
+    a temporary folder in ``scratch`` (removed at the end); ``None``: in memory."""
+    if scratch is None:
+        yield None
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="holodask-stacks-", dir=scratch) as folder:
+        token = _STORE_DIR.set(folder)
+        try:
+            yield folder
+        finally:
+            _STORE_DIR.reset(token)
+
+
+def hold_stack(stack: da.Array, scheduler, store_dir=None) -> da.Array:
+    """Keep the reconstructed stack for the averaging rounds.
+
+    Without ``store_dir`` it is persisted: in this process's memory with the
+    threaded scheduler, on the workers (which spill to disk under memory
+    pressure) with a distributed one. With ``store_dir`` it is computed once
+    into a Zarr store there (one frame per chunk, written where each frame is
+    computed) and read back from it in every round, so memory stays bounded
+    whatever the number of frames. The caller removes the folder.
+    """
+    if store_dir is None:
+        (held,) = dask.persist(stack, scheduler=scheduler)
+        return held
+    import tempfile
+
+    store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
+    dask.compute(da.to_zarr(stack, store, overwrite=True, compute=False), scheduler=scheduler)
+    return da.from_zarr(store)
+
+
 def average_series(
     stack: da.Array,
     grid: AlignmentGrid,
@@ -197,6 +239,7 @@ def average_series(
     defocus_start: int = 4,
     variance: bool = True,
     client=None,
+    store_dir=None,
 ) -> AverageResult:
     """Average a stack of reconstructed waves with per-frame alignment.
 
@@ -211,12 +254,15 @@ def average_series(
         after the first).
     variance : also compute the per-pixel variance.
     client : a ``dask.distributed.Client`` (None: local threads).
+    store_dir : folder for a Zarr store of the stack (None: the stack is persisted
+        in memory, on the workers with a distributed scheduler).
     """
     n_frames = stack.shape[0]
     defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
     scheduler = scheduler_of(client)
-    stack = stack.rechunk({0: 1, 1: -1, 2: -1})
-    (stack,) = dask.persist(stack, scheduler=scheduler)
+    if store_dir is None:
+        store_dir = _STORE_DIR.get()
+    stack = hold_stack(stack.rechunk({0: 1, 1: -1, 2: -1}), scheduler, store_dir)
     blocks = list(stack.to_delayed().ravel())
     grid_d = delayed(grid, pure=True)
     get = delayed(_getitem, pure=True)

@@ -339,6 +339,7 @@ def make_job_cluster(kind: str, config=None, *, scratch=None, **overrides):
 class _ComputeState:
     client: Any
     progress: bool
+    scratch: Path | None = None
 
 
 _STATE: contextvars.ContextVar[_ComputeState | None] = contextvars.ContextVar("holodask_compute", default=None)
@@ -531,7 +532,7 @@ def compute_context(options: SchedulerOptions | None = None, **kwargs) -> Iterat
                 from distributed import performance_report
 
                 stack.enter_context(performance_report(filename=str(report)))
-        token = _STATE.set(_ComputeState(client=client, progress=progress))
+        token = _STATE.set(_ComputeState(client=client, progress=progress, scratch=scratch))
         stack.callback(_STATE.reset, token)
         yield client
 
@@ -540,6 +541,12 @@ def current_client():
     """The client of the enclosing :func:`compute_context` (``None`` for threads)."""
     state = _STATE.get()
     return state.client if state is not None else None
+
+
+def current_scratch() -> Path | None:
+    """The ``--scratch`` folder of the enclosing :func:`compute_context` (``None``: none asked for)."""
+    state = _STATE.get()
+    return state.scratch if state is not None else None
 
 
 def compute_with_progress(*collections, **compute_kwargs):

@@ -444,7 +444,10 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
     if objects is not None and params.outlier_cutoff is not None:
         objects, outliers = repair_series(objects, params.outlier_cutoff, scheduler)
     shifts = None
-    with HoloOutputFile(output, prefix=params.output_prefix) as out:
+    from holodask.average import stack_store
+    from holodask.cluster import current_scratch
+
+    with stack_store(current_scratch()), HoloOutputFile(output, prefix=params.output_prefix) as out:
         empty = _empty_stage(params, objects, scheduler, client)
         if empty.write and empty.wave is not None:
             out.write_dataset("empty", empty.wave, empty.attrs)

@@ -93,3 +93,33 @@ def test_run_survives_a_killed_worker(series, client, tmp_path):
     _assert_same_data(got, threaded)
     # the nanny restarted a worker in place of the killed process
     assert victim_pid not in client.run(os.getpid).values()
+
+
+def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
+    """With --scratch the stack lives in a Zarr store between rounds (bounded memory)."""
+    sim, params, threaded = series
+    from dataclasses import replace
+
+    from holodask.cluster import compute_context
+
+    scratch = tmp_path / "scratch"
+    seen = []
+
+    import holodask.average as average
+
+    original = average.hold_stack
+
+    def spy(stack, scheduler, store_dir=None):
+        held = original(stack, scheduler, store_dir)
+        seen.append((store_dir, sorted(p.name for p in scratch.rglob("*.zarr"))))
+        return held
+
+    average.hold_stack = spy
+    try:
+        with compute_context(scratch=scratch):
+            got = run_pipeline(replace(params, output_name=str(tmp_path / "scratch.hdf5")))
+    finally:
+        average.hold_stack = original
+    _assert_same_data(got, threaded)
+    assert seen and all(store is not None and zarrs for store, zarrs in seen)
+    assert list(scratch.iterdir()) == []  # the stores are gone after the run
