@@ -109,8 +109,8 @@ def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
 
     original = average.hold_stack
 
-    def spy(stack, scheduler, store_dir=None):
-        held = original(stack, scheduler, store_dir)
+    def spy(stack, scheduler, store_dir=None, **kwargs):
+        held = original(stack, scheduler, store_dir, **kwargs)
         seen.append((store_dir, sorted(p.name for p in scratch.rglob("*.zarr"))))
         return held
 
