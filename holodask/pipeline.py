@@ -17,7 +17,6 @@ Stages (each frame is one chunk; no stage gathers the frames on the client):
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
