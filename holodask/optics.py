@@ -154,7 +154,7 @@ def _window_indices(n: int, half: int) -> np.ndarray:
 def fourier_upsample(wave: np.ndarray, shape) -> np.ndarray:
     """:func:`fourier_rescale` to a larger ``shape``, skipping the transforms of zeros.
 
-    Only the rows that hold the kept frequencies are transformed along x; a
+    Only the columns that hold the kept frequencies are transformed along y; a
     large transform of a mostly empty spectrum costs little more than half of
     a full one.
     """
@@ -165,14 +165,14 @@ def fourier_upsample(wave: np.ndarray, shape) -> np.ndarray:
     half_y, half_x = (min(wave.shape[0], shape[0]) - 1) // 2, (min(wave.shape[1], shape[1]) - 1) // 2
     src_y, dst_y = _window_indices(wave.shape[0], half_y), _window_indices(shape[0], half_y)
     src_x, dst_x = _window_indices(wave.shape[1], half_x), _window_indices(shape[1], half_x)
-    rows = np.zeros((len(dst_y), shape[1]), dtype=np.complex64)
-    rows[:, dst_x] = spectrum[np.ix_(src_y, src_x)]
-    rows = fft.ifft_axis(rows, 1)
+    # columns that hold kept frequencies first (few, short), then every row (contiguous);
+    # the 1/ny and 1/nx of ifft2 come from the two 1-D transforms
+    columns = np.zeros((shape[0], len(dst_x)), dtype=np.complex64)
+    columns[dst_y, :] = spectrum[np.ix_(src_y, src_x)]
+    columns = fft.ifft_axis(columns, 0)
     full = np.zeros(shape, dtype=np.complex64)
-    full[dst_y, :] = rows
-    # ifft along y; the 1/ny and 1/nx factors of ifft2 come from the two 1-D transforms,
-    # the wave was transformed unnormalised as in fourier_rescale
-    return fft.ifft_axis(full, 0)
+    full[:, dst_x] = columns
+    return fft.ifft_axis(full, 1)
 
 
 def fourier_downsample(big: np.ndarray, shape) -> np.ndarray:

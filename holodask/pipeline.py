@@ -29,7 +29,7 @@ import xarray as xr
 from holodask.align import alignment_grid, correlate_spectra, correlation_window, window_spectrum
 from holodask import average as average_module
 from holodask.average import average_series, current_store_dir, scheduler_of
-from holodask.errors import DataError, InputFileError, ParameterError
+from holodask.errors import DataError, HolodaskError, InputFileError, ParameterError
 from holodask import fft
 from holodask.optics import carrier_per_nm, fourier_downsample, fourier_rescale, fourier_upsample, propagate
 from holodask.params import HoloParams, load_parameters
@@ -579,17 +579,27 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
         plans += [("fft2", (size, size), None, None), ("ifft2", (size, size), None, None)]
     if objects is not None:
         camera_shape = tuple(int(s) for s in objects.shape[1:])
-        plans.append(("rfft2", camera_shape, None, None))
         region = params.roi if params.roi is not None else (0, 0, camera_shape[1], camera_shape[0])
         roi_shape = (region[3] - region[1], region[2] - region[0])
-        plans.append(("rfft2", roi_shape, None, None))
+        sampling = params.sampling_nm or objects.attrs.get("sampling_nm")
+        geometries = []
+        if sampling and params.object_size:
+            geometries.append((roi_shape, params.object_size))
+        if sampling and params.empty_series is not None and (params.empty_size or params.object_size):
+            geometries.append((camera_shape, params.empty_size or params.object_size))
+        for shape, size in geometries:
+            try:
+                geometry = _geometry(params, shape, camera_shape, sampling, int(size), 1,
+                                     use_mtf=False, dtype=objects.dtype)
+            except HolodaskError:
+                continue
+            plans += [("rfft", shape, None, 1), ("fft", (shape[0], len(geometry.used_columns)), None, 0)]
         if params.object_size:
             keep = 2 * ((min(params.object_size, *roi_shape) - 1) // 2) + 1
-            plans += [("ifft", (keep, roi_shape[1]), None, 1), ("ifft", roi_shape, None, 0),
+            plans += [("ifft", (roi_shape[0], keep), None, 0), ("ifft", roi_shape, None, 1),
                       ("fft", roi_shape, None, 1), ("fft", (roi_shape[0], keep), None, 0)]
         region = params.align_roi_or_roi or (0, 0, camera_shape[1], camera_shape[0])
         shape = (region[3] - region[1], region[2] - region[0])
-        sampling = params.sampling_nm or objects.attrs.get("sampling_nm")
         cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm
         if sampling and shape[0] > 0 and shape[1] > 0:
             window = correlation_window(shape, sampling, cut_off)

@@ -36,6 +36,8 @@ class SidebandGeometry:
     out_shape : (ny, nx) of the reconstructed wave.
     rows, cols, conjugate : where each kept spectrum pixel comes from in the
         half spectrum of :func:`holodask.fft.rfft2`, and whether it is conjugated.
+    used_columns, local_cols : the half-spectrum columns needed at all, and each
+        kept pixel's column among them (only those columns are transformed along y).
     dst : (y0, y1, x0, x1) of the kept pixels inside the centred output spectrum.
     weights : mask divided by the MTF on the kept pixels (float32).
     ramp : complex64 ``exp(-2 pi i w.r)`` removing the sub-pixel carrier.
@@ -48,6 +50,8 @@ class SidebandGeometry:
     rows: np.ndarray
     cols: np.ndarray
     conjugate: np.ndarray
+    used_columns: np.ndarray
+    local_cols: np.ndarray
     dst: tuple[int, int, int, int]
     weights: np.ndarray
     ramp: np.ndarray | None
@@ -154,6 +158,8 @@ def sideband_geometry(
     rows = np.where(conjugate[None, :], (-ky[:, None]) % height, ky[:, None])
     cols = np.where(conjugate, (-kx) % width, kx)[None, :].repeat(len(ky), axis=0)
 
+    used_columns, local_cols = np.unique(cols, return_inverse=True)
+    local_cols = local_cols.reshape(cols.shape)
     sampling_out = (sy * height / ny, sx * width / nx)
     fraction = (carrier_px - int_carrier) / np.array([height, width]) / np.array([sy, sx])  # 1/nm
     if np.allclose(fraction, 0.0):
@@ -168,6 +174,8 @@ def sideband_geometry(
         rows=rows,
         cols=cols,
         conjugate=np.broadcast_to(conjugate[None, :], rows.shape).copy(),
+        used_columns=used_columns,
+        local_cols=local_cols,
         dst=dst,
         weights=weights,
         ramp=ramp,
@@ -184,8 +192,10 @@ def reconstruct_hologram(frame: np.ndarray, geometry: SidebandGeometry) -> np.nd
     frame = np.asarray(frame)
     if frame.shape != geometry.image_shape:
         raise ValueError(f"hologram of shape {frame.shape}, expected {geometry.image_shape}")
-    half = fft.rfft2(frame.astype(np.float32, copy=False))
-    kept = half[geometry.rows, geometry.cols]
+    # the 2-D FFT in two passes, the second only over the columns the sideband needs
+    along_x = fft.rfft_axis(frame.astype(np.float32, copy=False), 1)
+    along_y = fft.fft_axis(np.ascontiguousarray(along_x[:, geometry.used_columns]), 0)
+    kept = along_y[geometry.rows, geometry.local_cols]
     np.conjugate(kept, out=kept, where=geometry.conjugate)
     side = np.zeros(geometry.out_shape, dtype=np.complex64)
     y0, y1, x0, x1 = geometry.dst
