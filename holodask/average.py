@@ -207,24 +207,33 @@ def stack_store(scratch=None):
             _STORE_DIR.reset(token)
 
 
-def hold_stack(stack: da.Array, scheduler, store_dir=None) -> da.Array:
+def hold_stack(stack: da.Array, scheduler, store_dir=None, also=()):
     """Keep the reconstructed stack for the averaging rounds.
 
-    Without ``store_dir`` it is persisted: in this process's memory with the
-    threaded scheduler, on the workers (which spill to disk under memory
-    pressure) with a distributed one. With ``store_dir`` it is computed once
-    into a Zarr store there (one frame per chunk, written where each frame is
-    computed) and read back from it in every round, so memory stays bounded
-    whatever the number of frames. The caller removes the folder.
+    Without ``store_dir`` (default: the folder of an enclosing :func:`stack_store`)
+    it is persisted: in this process's memory with the threaded scheduler, on
+    the workers (which spill to disk under memory pressure) with a distributed
+    one. With ``store_dir`` it is computed once into a Zarr store there (one
+    frame per chunk, written where each frame is computed) and read back from
+    it in every round, so memory stays bounded whatever the number of frames.
+
+    ``also``: further collections computed in the same pass over the frames.
+
+    Returns
+    -------
+    The held stack, and the tuple of computed ``also`` values.
     """
     if store_dir is None:
-        (held,) = dask.persist(stack, scheduler=scheduler)
-        return held
+        store_dir = _STORE_DIR.get()
+    if store_dir is None:
+        held, *extras = dask.persist(stack, *also, scheduler=scheduler)
+        return held, tuple(dask.compute(*extras, scheduler=scheduler))
     import tempfile
 
     store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
-    dask.compute(da.to_zarr(stack, store, overwrite=True, compute=False), scheduler=scheduler)
-    return da.from_zarr(store)
+    _, *extras = dask.compute(da.to_zarr(stack, store, overwrite=True, compute=False), *also,
+                              scheduler=scheduler)
+    return da.from_zarr(store), tuple(extras)
 
 
 def average_series(
@@ -240,6 +249,7 @@ def average_series(
     variance: bool = True,
     client=None,
     store_dir=None,
+    held: bool = False,
 ) -> AverageResult:
     """Average a stack of reconstructed waves with per-frame alignment.
 
@@ -254,15 +264,15 @@ def average_series(
         after the first).
     variance : also compute the per-pixel variance.
     client : a ``dask.distributed.Client`` (None: local threads).
-    store_dir : folder for a Zarr store of the stack (None: the stack is persisted
-        in memory, on the workers with a distributed scheduler).
+    store_dir : folder for a Zarr store of the stack (see :func:`hold_stack`).
+    held : the stack is already held (by :func:`hold_stack`); use it as it is.
     """
     n_frames = stack.shape[0]
     defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
     scheduler = scheduler_of(client)
-    if store_dir is None:
-        store_dir = _STORE_DIR.get()
-    stack = hold_stack(stack.rechunk({0: 1, 1: -1, 2: -1}), scheduler, store_dir)
+    stack = stack.rechunk({0: 1, 1: -1, 2: -1})
+    if not held:
+        stack, _ = hold_stack(stack, scheduler, store_dir)
     blocks = list(stack.to_delayed().ravel())
     grid_d = delayed(grid, pure=True)
     get = delayed(_getitem, pure=True)

@@ -28,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from holodask.align import alignment_grid, correlate_spectra, correlation_window, window_spectrum
-from holodask.average import average_series, scheduler_of
+from holodask.average import average_series, hold_stack, scheduler_of
 from holodask.errors import DataError, InputFileError, ParameterError
 from holodask import fft
 from holodask.optics import carrier_per_nm, fourier_downsample, fourier_rescale, fourier_upsample, propagate
@@ -526,8 +526,8 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         chunks=((1,) * n_frames, (size,), (size,)), dtype=np.complex64,
     )
     saturation = rois.map_blocks(_saturation_block, chunks=((1,) * n_frames,), drop_axis=(1, 2), dtype=np.int64)
-    stack, saturation = dask.persist(stack, saturation, scheduler=scheduler)
-    _warn_saturation(np.asarray(saturation.compute(scheduler=scheduler)), frame_index, roi_shape[0] * roi_shape[1])
+    stack, (saturation,) = hold_stack(stack, scheduler, also=(saturation,))
+    _warn_saturation(np.asarray(saturation), frame_index, roi_shape[0] * roi_shape[1])
 
     sampling_out = geometry.sampling_out_nm  # (y, x)
     attrs = standard_attrs(params, sampling_nm=sampling_out[::-1], carrier_per_nm=geometry.carrier_per_nm,
@@ -549,7 +549,7 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         grid = alignment_grid((size, size), sampling_out, voltage)
         result = average_series(stack, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
                                 fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
-                                defocus_start=DEFOCUS_START, variance=True, client=client)
+                                defocus_start=DEFOCUS_START, variance=True, client=client, held=True)
         attrs.update(hologram_attrs(
             shift_nm=result.shifts_nm[:, ::-1], tilt_per_nm=result.tilts_per_nm[:, ::-1],
             defocus_nm=result.defocus_nm, factor=result.factors, error=result.errors,
