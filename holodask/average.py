@@ -207,33 +207,35 @@ def stack_store(scratch=None):
             _STORE_DIR.reset(token)
 
 
-def hold_stack(stack: da.Array, scheduler, store_dir=None, also=()):
+def hold_stack(stack: da.Array, scheduler, store_dir=None, *, also=()):
     """Keep the reconstructed stack for the averaging rounds.
 
-    Without ``store_dir`` (default: the folder of an enclosing :func:`stack_store`)
-    it is persisted: in this process's memory with the threaded scheduler, on
-    the workers (which spill to disk under memory pressure) with a distributed
-    one. With ``store_dir`` it is computed once into a Zarr store there (one
-    frame per chunk, written where each frame is computed) and read back from
-    it in every round, so memory stays bounded whatever the number of frames.
+    Without ``store_dir`` it is persisted: in this process's memory with the
+    threaded scheduler, on the workers (which spill to disk under memory
+    pressure) with a distributed one. With ``store_dir`` it is computed once
+    into a Zarr store there (one frame per chunk, written where each frame is
+    computed) and read back from it in every round, so memory stays bounded
+    whatever the number of frames. The caller removes the folder.
 
-    ``also``: further collections computed in the same pass over the frames.
-
-    Returns
-    -------
-    The held stack, and the tuple of computed ``also`` values.
+    ``also``: further (small) collections computed in the same pass over the
+    frames; with them the result is ``(held_stack, [computed values])``.
     """
     if store_dir is None:
-        store_dir = _STORE_DIR.get()
-    if store_dir is None:
-        held, *extras = dask.persist(stack, *also, scheduler=scheduler)
-        return held, tuple(dask.compute(*extras, scheduler=scheduler))
-    import tempfile
+        held, *others = dask.persist(stack, *also, scheduler=scheduler)
+        values = [np.asarray(o.compute(scheduler=scheduler)) for o in others]
+    else:
+        import tempfile
 
-    store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
-    _, *extras = dask.compute(da.to_zarr(stack, store, overwrite=True, compute=False), *also,
-                              scheduler=scheduler)
-    return da.from_zarr(store), tuple(extras)
+        store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
+        _, *values = dask.compute(da.to_zarr(stack, store, overwrite=True, compute=False), *also,
+                                  scheduler=scheduler)
+        held = da.from_zarr(store)
+    return (held, values) if also else held
+
+
+def current_store_dir():
+    """The folder :func:`stack_store` set for this context (None: stacks stay in memory)."""
+    return _STORE_DIR.get()
 
 
 def average_series(
@@ -264,15 +266,18 @@ def average_series(
         after the first).
     variance : also compute the per-pixel variance.
     client : a ``dask.distributed.Client`` (None: local threads).
-    store_dir : folder for a Zarr store of the stack (see :func:`hold_stack`).
+    store_dir : folder for a Zarr store of the stack (None: the stack is persisted
+        in memory, on the workers with a distributed scheduler).
     held : the stack is already held (by :func:`hold_stack`); use it as it is.
     """
     n_frames = stack.shape[0]
     defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
     scheduler = scheduler_of(client)
+    if store_dir is None:
+        store_dir = _STORE_DIR.get()
     stack = stack.rechunk({0: 1, 1: -1, 2: -1})
     if not held:
-        stack, _ = hold_stack(stack, scheduler, store_dir)
+        stack = hold_stack(stack, scheduler, store_dir)
     blocks = list(stack.to_delayed().ravel())
     grid_d = delayed(grid, pure=True)
     get = delayed(_getitem, pure=True)

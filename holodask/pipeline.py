@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ import numpy as np
 import xarray as xr
 
 from holodask.align import alignment_grid, correlate_spectra, correlation_window, window_spectrum
-from holodask.average import average_series, hold_stack, scheduler_of
+from holodask import average as average_module
+from holodask.average import average_series, current_store_dir, scheduler_of
 from holodask.errors import DataError, InputFileError, ParameterError
 from holodask import fft
 from holodask.optics import carrier_per_nm, fourier_downsample, fourier_rescale, fourier_upsample, propagate
@@ -527,10 +527,12 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         chunks=((1,) * n_frames, (size,), (size,)), dtype=np.complex64,
     )
     saturation = rois.map_blocks(_saturation_block, chunks=((1,) * n_frames,), drop_axis=(1, 2), dtype=np.int64)
+    # one pass over the frames: the stack is held (memory or Zarr store) for the
+    # rounds and the saturation counts come along
     started = time.perf_counter()
-    stack, (saturation,) = hold_stack(stack, scheduler, also=(saturation,))
+    stack, (saturation,) = average_module.hold_stack(stack, scheduler, current_store_dir(), also=(saturation,))
     log.info("reconstruction: %d holograms in %.2f s", n_frames, time.perf_counter() - started)
-    _warn_saturation(np.asarray(saturation), frame_index, roi_shape[0] * roi_shape[1])
+    _warn_saturation(saturation, frame_index, roi_shape[0] * roi_shape[1])
 
     sampling_out = geometry.sampling_out_nm  # (y, x)
     attrs = standard_attrs(params, sampling_nm=sampling_out[::-1], carrier_per_nm=geometry.carrier_per_nm,

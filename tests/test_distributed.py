@@ -106,20 +106,20 @@ def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
     seen = []
 
     import holodask.average as average
-    import holodask.pipeline as pipeline
 
     original = average.hold_stack
 
-    def spy(stack, scheduler, store_dir=None, also=()):
-        held, extras = original(stack, scheduler, store_dir, also)
-        seen.append(sorted(p.name for p in scratch.rglob("*.zarr")))
-        return held, extras
+    def spy(stack, scheduler, store_dir=None, **kwargs):
+        held = original(stack, scheduler, store_dir, **kwargs)
+        seen.append((store_dir, sorted(p.name for p in scratch.rglob("*.zarr"))))
+        return held
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(average, "hold_stack", spy)
-        patch.setattr(pipeline, "hold_stack", spy)
+    average.hold_stack = spy
+    try:
         with compute_context(scratch=scratch):
             got = run_pipeline(replace(params, output_name=str(tmp_path / "scratch.hdf5")))
+    finally:
+        average.hold_stack = original
     _assert_same_data(got, threaded)
-    assert seen and all(seen)  # every held stack was a Zarr store in the scratch folder
+    assert seen and all(store is not None and zarrs for store, zarrs in seen)
     assert list(scratch.iterdir()) == []  # the stores are gone after the run
