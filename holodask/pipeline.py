@@ -17,6 +17,7 @@ Stages (each frame is one chunk; no stage gathers the frames on the client):
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -528,7 +529,9 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
     saturation = rois.map_blocks(_saturation_block, chunks=((1,) * n_frames,), drop_axis=(1, 2), dtype=np.int64)
     # one pass over the frames: the stack is held (memory or Zarr store) for the
     # rounds and the saturation counts come along
+    started = time.perf_counter()
     stack, (saturation,) = average_module.hold_stack(stack, scheduler, current_store_dir(), also=(saturation,))
+    log.info("reconstruction: %d holograms in %.2f s", n_frames, time.perf_counter() - started)
     _warn_saturation(saturation, frame_index, roi_shape[0] * roi_shape[1])
 
     sampling_out = geometry.sampling_out_nm  # (y, x)
@@ -548,10 +551,12 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
     if needs_voltage and not voltage:
         raise ParameterError("voltage: needed for defocus (the files carry no voltage); give the parameter 'voltage' in kV")
     if n_frames > 1:
+        started = time.perf_counter()
         grid = alignment_grid((size, size), sampling_out, voltage)
         result = average_series(stack, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
                                 fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
                                 defocus_start=DEFOCUS_START, variance=True, client=client, held=True)
+        log.info("averaging: %d rounds in %.2f s", len(result.convergence), time.perf_counter() - started)
         attrs.update(hologram_attrs(
             shift_nm=result.shifts_nm[:, ::-1], tilt_per_nm=result.tilts_per_nm[:, ::-1],
             defocus_nm=result.defocus_nm, factor=result.factors, error=result.errors,
