@@ -86,7 +86,7 @@ def test_averaging_sixteen_noisy_holograms_quarters_the_phase_error(tmp_path):
 
 
 def test_drift_is_followed(tmp_path):
-    series, params = _simulate(tmp_path, n_frames=4, drift_step_px=1.5, n_empty=1)
+    series, params = _simulate(tmp_path, n_frames=4, drift_step_px=1.5, n_empty=1, texture_contrast=0.1)
     result = run(_write(tmp_path, params))
     # the ROI moves by -raw_shift (integer px); the fine shift s (nm) moves the average onto
     # each frame, so a frame whose object moved by +d px has s = -(d + raw_shift) * sampling
