@@ -144,14 +144,56 @@ def _saturation_block(block):
     return np.array([count], dtype=np.int64)
 
 
-def _reconstruct_block(block, shifts, geometry: SidebandGeometry, big_empty, roi, frame_index, source,
+def _reconstruct_block(block, shifts, factor, geometry: SidebandGeometry, big_empty, roi, frame_index, source,
                        out_shape, block_info=None):
     frame = block[0]
     _check_finite(frame, block_info, frame_index, source)
     wave = reconstruct_hologram(frame, geometry)
-    if big_empty is not None:
+    if factor is not None:
+        wave = _normalise_with_factor(wave, factor[0], out_shape)
+    elif big_empty is not None:
         wave = _normalise(wave, big_empty, roi, shifts[0, 0], out_shape)
     return wave[None]
+
+
+def _factor_grid(roi_shape, out_shape) -> tuple[int, int] | None:
+    """Grid of :func:`_normalisation_factor`: twice the output size, if the ROI is that large."""
+    grid = (2 * int(out_shape[0]), 2 * int(out_shape[1]))
+    return grid if roi_shape[0] >= grid[0] and roi_shape[1] >= grid[1] else None
+
+
+def _normalisation_factor(big_empty: np.ndarray, roi, shift_xy, grid) -> np.ndarray:
+    """1 / (empty wave under the drift-moved ROI), Fourier-resampled to ``grid``.
+
+    Divides where the ROI lies on the camera, 1 elsewhere (as the reference).
+    Scaled so that it multiplies Fourier-interpolated values.
+    """
+    left, top, right, bottom = moved_roi(roi, shift_xy)
+    roi_shape = (bottom - top, right - left)
+    inverse = np.ones(roi_shape, dtype=np.complex64)
+    height, width = big_empty.shape
+    y0, x0 = max(0, top), max(0, left)
+    y1, x1 = min(height, bottom), min(width, right)
+    if y1 > y0 and x1 > x0:
+        inverse[y0 - top:y1 - top, x0 - left:x1 - left] = 1.0 / big_empty[y0:y1, x0:x1]
+    scale = np.float32(grid[0] * grid[1] / (roi_shape[0] * roi_shape[1]))
+    return (fourier_downsample(inverse, grid) * scale).astype(np.complex64)
+
+
+def _normalise_with_factor(wave: np.ndarray, factor: np.ndarray, out_shape) -> np.ndarray:
+    """The reference's normalisation (see :func:`_normalise`) on a grid of twice the size.
+
+    Fourier-interpolating to the ROI size, dividing by the empty wave there and
+    cropping the spectrum back keeps, of the quotient's spectrum, only the
+    output frequencies; they are sums of products of the wave's frequencies
+    (|f| < n/2) with those of 1/empty at differences |f| < n. A grid of 2n
+    holds all of them without aliasing, so multiplying there by 1/empty
+    resampled to it (one ROI-size transform per distinct raw shift, not two per
+    hologram) gives the same numbers.
+    """
+    big = fourier_upsample(wave, factor.shape)
+    big *= factor
+    return fourier_downsample(big, out_shape).astype(np.complex64)
 
 
 @dataclass(frozen=True)
@@ -522,8 +564,20 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         value = 1.0 if params.only_phase else e_size * e_size / (camera_shape[0] * camera_shape[1])
         big_empty = _ConstantEmpty(value, camera_shape)
     big_empty_d = dask.delayed(big_empty, pure=True)
+    factor_grid = _factor_grid(roi_shape, (size, size)) if isinstance(big_empty, np.ndarray) else None
+    if factor_grid is not None:
+        # 1/empty under each distinct ROI position, computed once and shared by its holograms
+        tasks = {}
+        for shift in map(tuple, shifts.tolist()):
+            if shift not in tasks:
+                tasks[shift] = da.from_delayed(
+                    dask.delayed(_normalisation_factor, pure=True)(big_empty_d, roi, shift, factor_grid),
+                    shape=factor_grid, dtype=np.complex64)[None]
+        factors = da.concatenate([tasks[tuple(s)] for s in shifts.tolist()], axis=0)
+    else:
+        factors = None
     stack = da.map_blocks(
-        _reconstruct_block, rois, shifts_da, geometry, big_empty_d, roi, frame_index, source, (size, size),
+        _reconstruct_block, rois, shifts_da, factors, geometry, big_empty_d, roi, frame_index, source, (size, size),
         chunks=((1,) * n_frames, (size,), (size,)), dtype=np.complex64,
     )
     saturation = rois.map_blocks(_saturation_block, chunks=((1,) * n_frames,), drop_axis=(1, 2), dtype=np.int64)

@@ -229,3 +229,26 @@ def test_constant_empty_shortcut_equals_the_full_normalisation(size, shift):
     fast = _normalise(wave, _ConstantEmpty(value, camera), roi, shift, (size, size))
     full = _normalise(wave, np.full(camera, value, np.complex64), roi, shift, (size, size))
     np.testing.assert_allclose(fast, full, atol=2e-5 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("roi, shift", [((10, 6, 210, 230), (0, 0)), ((10, 6, 210, 230), (-15, 7)),
+                                        ((0, 0, 240, 240), (5, -3))])
+def test_normalisation_on_the_double_grid_equals_the_reference_route(roi, shift):
+    """Dividing on a grid of twice the output size equals the reference's ROI-size route."""
+    from holodask.pipeline import _factor_grid, _normalisation_factor, _normalise, _normalise_with_factor
+
+    rng = np.random.default_rng(0)
+    camera = (240, 250)
+    y, x = np.mgrid[0:camera[0], 0:camera[1]]
+    big_empty = ((1 + 0.3 * np.sin(x / 17.0) * np.cos(y / 23.0))
+                 * np.exp(1j * (0.8 * np.sin(x / 31.0 + y / 19.0)))).astype(np.complex64)
+    out = (64, 64)
+    spectrum = np.zeros(out, complex)
+    spectrum[:20, :20] = rng.normal(size=(20, 20)) + 1j * rng.normal(size=(20, 20))
+    wave = (np.fft.ifft2(np.roll(spectrum, (-10, -10), axis=(0, 1))) * 500 + 1).astype(np.complex64)
+    left, top, right, bottom = roi
+    grid = _factor_grid((bottom - top, right - left), out)
+    assert grid == (128, 128)
+    expected = _normalise(wave, big_empty, roi, shift, out)
+    got = _normalise_with_factor(wave, _normalisation_factor(big_empty, roi, shift, grid), out)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
