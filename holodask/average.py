@@ -222,6 +222,10 @@ def hold_stack(stack: da.Array, scheduler, store_dir=None, *, also=()):
     """
     if store_dir is None:
         held, *others = dask.persist(stack, *also, scheduler=scheduler)
+        if not isinstance(scheduler, str):  # a distributed client: persist returned at once
+            from distributed import wait
+
+            wait(held)
         values = [np.asarray(o.compute(scheduler=scheduler)) for o in others]
     else:
         import tempfile
