@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -72,6 +73,8 @@ def test_slurm_job_script_from_example_config():
     assert "--nworkers 2" in worker_line and "--nthreads 4" in worker_line
     assert "--memory-limit 14.90GiB" in worker_line  # 32 GB / 2 workers
     assert "--local-directory $TMPDIR" in worker_line
+    # the workers keep mid-sized arrays on the heap (see holodask.cluster.WORKER_ENVIRONMENT)
+    assert "export MALLOC_MMAP_THRESHOLD_=16777216" in script.splitlines()
 
 
 def test_slurm_overrides_and_scratch_replace_config_values(tmp_path):
@@ -284,6 +287,8 @@ def test_local_cluster_computes_and_is_closed(tmp_path):
         assert worker["local_directory"].startswith(str(tmp_path))
         # dask.compute uses the client inside the block
         assert dask.compute((array**2).sum())[0] == pytest.approx(np.sum(np.arange(64.0) ** 2))
+        environment = client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+        assert list(environment.values()) == ["16777216"]
     assert client.status == "closed"
     assert cluster.status.name == "closed"
 
