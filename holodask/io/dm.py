@@ -15,7 +15,7 @@ import numpy as np
 
 from holodask.errors import InputFileError
 from holodask.io.calibration import length_to_nm, to_float, to_text
-from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, register_reader
+from holodask.io.registry import FileSpec, FrameMetadata, StoredHeaderSource, register_reader
 
 __all__ = ["DMSource", "rgb_to_grey"]
 
@@ -78,7 +78,7 @@ def _pick_image(signals: list[dict[str, Any]], path) -> tuple[int, dict[str, Any
 
 
 @register_reader("dm3", "dm4")
-class DMSource(FrameSource):
+class DMSource(StoredHeaderSource):
     """Frames of a Digital Micrograph image or image stack."""
 
     def __init__(self, spec: FileSpec):
@@ -102,6 +102,8 @@ class DMSource(FrameSource):
         # a lazy Dask array (picklable, opens the file in its own tasks); None for RGB(A)
         self._data = data if self._lazy else None
         self._metadata = self._read_metadata(signal)
+        self._n_frames, self._shape = self._shape3[0], self._shape3[1:]
+        self._dtype = np.dtype(np.float32) if self._rgb else self._stored_dtype  # RGB(A) is read as grey
 
     def _read_metadata(self, signal: dict[str, Any]) -> FrameMetadata:
         meta = FrameMetadata()
@@ -137,25 +139,8 @@ class DMSource(FrameSource):
             meta.extra["converted_from"] = str(self._stored_dtype)
         return meta
 
-    @property
-    def n_frames(self) -> int:
-        return int(self._shape3[0])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self._shape3[1]), int(self._shape3[2]))
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.float32) if self._rgb else self._stored_dtype
-
-    @property
-    def metadata(self) -> FrameMetadata:
-        return self._metadata
-
     def read_frame(self, index: int) -> np.ndarray:
-        if not 0 <= index < self.n_frames:
-            raise IndexError(f"{self.spec.path}: frame {index} of {self.n_frames}")
+        self._check_index(index)
         if self._data is not None:
             data = self._data
             part = data if data.ndim == 2 else data[index]

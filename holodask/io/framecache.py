@@ -23,7 +23,7 @@ import numpy as np
 
 from holodask.errors import InputFileError
 from holodask.io.imageseries import FRAME_CACHE_KEYS, split_metadata
-from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, register_reader
+from holodask.io.registry import FileSpec, FrameMetadata, StoredHeaderSource, register_reader
 
 __all__ = ["FrameCacheSource", "load_yaml_document", "resolve_yaml_meta"]
 
@@ -96,7 +96,7 @@ def _as_dtype(value: Any, path: Path) -> np.dtype:
 
 
 @register_reader("frame-cache", "npz")
-class FrameCacheSource(FrameSource):
+class FrameCacheSource(StoredHeaderSource):
     """A sparse frame cache, ``.npz`` or YAML form (chosen by the content)."""
 
     def __init__(self, spec: FileSpec, document: Any = None):
@@ -172,28 +172,8 @@ class FrameCacheSource(FrameSource):
         del self._members
 
     # -- FrameSource interface
-    @property
-    def n_frames(self) -> int:
-        return self._n_frames
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
-
-    @property
-    def metadata(self) -> FrameMetadata:
-        return self._metadata
-
-    def frame_coords(self) -> dict[str, np.ndarray]:
-        return dict(self._coords)
-
     def read_frame(self, index: int) -> np.ndarray:
-        if not 0 <= index < self._n_frames:
-            raise IndexError(f"{self.spec.path}: frame {index} out of range 0..{self._n_frames - 1}")
+        self._check_index(index)
         frame = np.zeros(self._shape, dtype=self._dtype)
         try:
             with np.load(self.npz_path, allow_pickle=False) as archive:

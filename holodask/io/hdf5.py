@@ -21,7 +21,7 @@ import numpy as np
 
 from holodask.errors import InputFileError
 from holodask.io.calibration import length_to_nm, to_float, to_text
-from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, register_reader
+from holodask.io.registry import FileSpec, FrameMetadata, StoredHeaderSource, register_reader
 
 __all__ = ["HDF5Source"]
 
@@ -43,7 +43,7 @@ def _open(spec: FileSpec) -> h5py.File:
 
 
 @register_reader("hdf5", "h5")
-class HDF5Source(FrameSource):
+class HDF5Source(StoredHeaderSource):
     """Frames of a 2-D/3-D HDF5 dataset or of an image-series group."""
 
     def __init__(self, spec: FileSpec):
@@ -92,6 +92,7 @@ class HDF5Source(FrameSource):
         if len(self._shape3) == 2:
             self._shape3 = (1, *self._shape3)
         self._metadata = meta
+        self._n_frames, self._shape = self._shape3[0], self._shape3[1:]
 
     # ------------------------------------------------------------------ header
     def _check_rank(self, dataset: h5py.Dataset) -> None:
@@ -165,28 +166,8 @@ class HDF5Source(FrameSource):
                 meta.extra["title"] = title
 
     # ------------------------------------------------------------------ API
-    @property
-    def n_frames(self) -> int:
-        return int(self._shape3[0])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self._shape3[1]), int(self._shape3[2]))
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self._dtype)
-
-    @property
-    def metadata(self) -> FrameMetadata:
-        return self._metadata
-
-    def frame_coords(self) -> dict[str, np.ndarray]:
-        return dict(self._coords)
-
     def read_frame(self, index: int) -> np.ndarray:
-        if not 0 <= index < self.n_frames:
-            raise IndexError(f"{self.spec.path}: frame {index} of {self.n_frames}")
+        self._check_index(index)
         with _open(self.spec) as h5:
             dataset = h5[self.dataset_name]
             frame = dataset[()] if dataset.ndim == 2 else dataset[index]

@@ -36,7 +36,7 @@ from holodask.io.imageseries import split_metadata
 from holodask.io.registry import (
     FileSpec,
     FrameMetadata,
-    FrameSource,
+    StoredHeaderSource,
     open_source,
     register_reader,
 )
@@ -90,7 +90,7 @@ def _non_negative_int(value: Any, name: str, path: Path) -> int:
 
 
 @register_reader("image-files")
-class ImageFilesSource(FrameSource):
+class ImageFilesSource(StoredHeaderSource):
     """The frames of a list of image files, in list order (globs sorted)."""
 
     def __init__(self, spec: FileSpec, document: Any = None):
@@ -126,7 +126,7 @@ class ImageFilesSource(FrameSource):
         max_file = _non_negative_int(options.get("max-file-frames", 0), "max-file-frames", path)
 
         # (source, first frame in the file, number of frames used)
-        self._parts: list[tuple[FrameSource, int, int]] = []
+        self._parts: list[tuple[StoredHeaderSource, int, int]] = []
         total = 0
         shape = None
         dtypes = []
@@ -219,29 +219,9 @@ class ImageFilesSource(FrameSource):
             for key in sorted(common)
         }
 
-    @property
-    def n_frames(self) -> int:
-        return self._n_frames
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
-
-    @property
-    def metadata(self) -> FrameMetadata:
-        return self._metadata
-
-    def frame_coords(self) -> dict[str, np.ndarray]:
-        return dict(self._coords)
-
-    def locate(self, index: int) -> tuple[FrameSource, int]:
+    def locate(self, index: int) -> tuple[StoredHeaderSource, int]:
         """The file source holding frame ``index`` and the frame's index in it."""
-        if not 0 <= index < self._n_frames:
-            raise IndexError(f"{self.spec.path}: frame {index} out of range 0..{self._n_frames - 1}")
+        self._check_index(index)
         for source, first, count in self._parts:
             if index < count:
                 return source, first + index

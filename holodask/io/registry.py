@@ -25,6 +25,7 @@ __all__ = [
     "FileSpec",
     "FrameMetadata",
     "FrameSource",
+    "StoredHeaderSource",
     "parse_spec",
     "register_reader",
     "open_source",
@@ -152,6 +153,41 @@ class FrameSource(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.spec)!r})"
+
+
+class StoredHeaderSource(FrameSource):
+    """A :class:`FrameSource` whose header is read once, in ``__init__``.
+
+    Subclasses set ``_n_frames``, ``_shape``, ``_dtype`` and, where known,
+    ``_metadata`` and ``_coords`` (per-frame values); they implement
+    :meth:`read_frame`, starting with :meth:`_check_index`.
+    """
+
+    _metadata: FrameMetadata = FrameMetadata()
+    _coords: dict[str, np.ndarray] = {}
+
+    @property
+    def n_frames(self) -> int:
+        return int(self._n_frames)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self._shape[0]), int(self._shape[1]))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self._dtype)
+
+    @property
+    def metadata(self) -> FrameMetadata:
+        return self._metadata
+
+    def frame_coords(self) -> dict[str, np.ndarray]:
+        return dict(self._coords)
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.n_frames:
+            raise IndexError(f"{self.spec.path}: frame {index} out of range 0..{self.n_frames - 1}")
 
 
 _REGISTRY: dict[str, type[FrameSource] | Callable[[FileSpec], FrameSource]] = {}

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from holodask.errors import InputFileError
-from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, register_reader
+from holodask.io.registry import FileSpec, FrameMetadata, StoredHeaderSource, register_reader
 
 __all__ = ["TiffSource"]
 
@@ -42,7 +42,7 @@ def _open(path):
 
 
 @register_reader("tif", "tiff")
-class TiffSource(FrameSource):
+class TiffSource(StoredHeaderSource):
     """Frames of a single- or multi-page TIFF file."""
 
     def __init__(self, spec: FileSpec):
@@ -94,21 +94,8 @@ class TiffSource(FrameSource):
     def n_frames(self) -> int:
         return sum(n for _, n in self._series)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
-
-    @property
-    def metadata(self) -> FrameMetadata:
-        return self._metadata
-
     def read_frame(self, index: int) -> np.ndarray:
-        if not 0 <= index < self.n_frames:
-            raise IndexError(f"{self.spec.path}: frame {index} out of range 0..{self.n_frames - 1}")
+        self._check_index(index)
         key = index
         for series_index, count in self._series:
             if key < count:
