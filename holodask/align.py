@@ -218,6 +218,55 @@ def _real_dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.vdot(a, b).real)
 
 
+_TWO_PI = 2.0 * np.pi
+
+
+def _fourier_moments(weights: np.ndarray, grid: AlignmentGrid, fourier: list[int]) -> dict:
+    """``sum_q W(q) k_a(q) k_b(q)`` for the Fourier-space parameters ``a, b``.
+
+    ``k`` are the multipliers d(spectrum)/dp / spectrum: ``2 pi i q_y``,
+    ``2 pi i q_x`` (shift) and ``-i pi lambda q^2`` (defocus). All products are
+    polynomials in ``q_y`` and ``q_x``, so the sums come from the row and column
+    sums of ``W`` and one or two matrix-vector products (no full-size temporary
+    per pair).
+    """
+    qy = grid.qy[:, 0].astype(np.float64)
+    qx = grid.qx[0, :].astype(np.float64)
+    w_row = weights.sum(axis=1, dtype=np.complex128)  # over x, per qy
+    w_col = weights.sum(axis=0, dtype=np.complex128)  # over y, per qx
+    columns = [qx] + ([qx**2] if 6 in fourier else [])
+    products = (np.asarray(weights, dtype=np.complex128) @ np.stack(columns, axis=1)) if (2 in fourier or 6 in fourier) else None
+    c = -4.0 * np.pi**2  # (2 pi i)^2
+    moments = {}
+    if 2 in fourier:
+        moments[(2, 2)] = c * (qy**2 @ w_row)
+        moments[(3, 3)] = c * (qx**2 @ w_col)
+        moments[(2, 3)] = c * (qy @ products[:, 0])
+    if 6 in fourier:
+        lam = grid.wavelength_nm
+        qy_x2 = products[:, 1]  # sum_x W qx^2, per qy
+        moments[(6, 6)] = -(np.pi * lam) ** 2 * (qy**4 @ w_row + qx**4 @ w_col + 2.0 * (qy**2 @ qy_x2))
+        if 2 in fourier:  # (2 pi i)(-i pi lambda) = 2 pi^2 lambda
+            moments[(2, 6)] = 2.0 * np.pi**2 * lam * (qy**3 @ w_row + qy @ qy_x2)
+            moments[(3, 6)] = 2.0 * np.pi**2 * lam * (qx**3 @ w_col + qy**2 @ products[:, 0])
+    return moments
+
+
+def _step_phase_rad(step: np.ndarray, free: list[int], grid: AlignmentGrid) -> float:
+    """Largest phase change (rad) a parameter step makes over the spectrum or the inner region."""
+    q_max = (float(np.abs(grid.qy).max()), float(np.abs(grid.qx).max()))
+    r_max = (float(np.abs(grid.y).max()), float(np.abs(grid.x).max()))
+    largest = 0.0
+    for value, index in zip(step, free):
+        if index in (2, 3):
+            largest = max(largest, _TWO_PI * abs(value) * q_max[index - 2])
+        elif index in (4, 5):
+            largest = max(largest, _TWO_PI * abs(value) * r_max[index - 4])
+        elif index == 6:
+            largest = max(largest, np.pi * grid.wavelength_nm * abs(value) * (q_max[0] ** 2 + q_max[1] ** 2))
+    return largest
+
+
 def fit_to_average(
     wave: np.ndarray,
     average_spectrum: np.ndarray,
@@ -229,119 +278,118 @@ def fit_to_average(
     fit_defocus: bool = False,
     max_iterations: int = 30,
     tolerance: float = 1e-6,
-    step_tolerance_px: float = 1e-3,
+    step_tolerance_px: float = 0.02,
     return_start_error: bool = False,
 ):
     """Fit the factor (always) and shift / tilt / defocus (as switched on) of one wave.
 
     Minimises ``sum |model - wave|^2`` over the inner region by damped Newton
-    steps with the exact Hessian (the second-derivative terms of the
-    Fourier-space parameters come from one FFT of the residual by Parseval's
-    theorem, so a step costs one inverse FFT per Fourier-space parameter plus
-    two). The
-    exact Hessian matters: the average (or first frame) the wave is fitted to
-    is itself noisy, and the Gauss-Newton approximation then overestimates the
-    curvature and creeps towards the minimum. Iterates until the squared
-    residual improves by less than ``tolerance`` (relative) or, when only the
-    shift is fitted, the shift moves by less than ``step_tolerance_px``.
+    steps with the exact Hessian. The exact Hessian matters: the average (or
+    first frame) the wave is fitted to is itself noisy, and the Gauss-Newton
+    approximation then overestimates the curvature and creeps towards the
+    minimum. A step costs one inverse FFT per Fourier-space parameter (shift,
+    defocus: the derivatives, whose inner products give the Gauss-Newton part
+    and the gradient), one FFT of the residual (the second-derivative terms of
+    the Fourier-space parameters, by Parseval's theorem) and one inverse FFT to
+    evaluate the new state.
+
+    Newton steps with the exact Hessian converge quadratically: once a step
+    changes the phase of the model by less than ``pi * step_tolerance_px`` (a
+    shift of ``step_tolerance_px`` pixels at the Nyquist frequency, or the same
+    phase from the tilt or the defocus), the step is taken without evaluating
+    it and the fit ends (what is left is of the order of the square of that
+    step). Otherwise steps are checked and damped (Levenberg-Marquardt) until
+    the squared residual decreases, and the fit ends when it improves by less
+    than ``tolerance`` (relative).
+
     Returns the new state vector (and, with ``return_start_error``, the squared
     residual of the given state, :func:`model_error`).
     """
     state = np.asarray(state, dtype=float).copy()
-    target = np.asarray(wave)[grid.inner]
     inner = grid.inner
-    two_pi_i = np.complex64(2j * np.pi)
+    target = np.ascontiguousarray(np.asarray(wave)[inner], dtype=np.complex64)
+    n_pixels = grid.shape[0] * grid.shape[1]
 
-    # Fourier-space parameters and their multipliers d(spectrum)/dp / spectrum
-    fourier: list[tuple[int, np.ndarray]] = []
-    if fit_shift:
-        fourier += [(2, two_pi_i * grid.qy), (3, two_pi_i * grid.qx)]
-    if fit_defocus:
-        fourier.append((6, np.complex64(-1j * np.pi * grid.wavelength_nm) * grid.q2))
-    tilts: list[tuple[int, np.ndarray]] = []
-    if fit_tilt:
-        tilts = [(4, two_pi_i * grid.y), (5, two_pi_i * grid.x)]
-    free = [0, 1] + [i for i, _ in fourier] + [i for i, _ in tilts]
-    free.sort()
+    fourier = ([2, 3] if fit_shift else []) + ([6] if fit_defocus else [])
+    multipliers = {2: np.complex64(2j * np.pi) * grid.qy, 3: np.complex64(2j * np.pi) * grid.qx,
+                   6: np.complex64(-1j * np.pi * grid.wavelength_nm) * grid.q2}
+    tilts = [4, 5] if fit_tilt else []
+    coordinates = {4: np.complex64(2j * np.pi) * grid.y, 5: np.complex64(2j * np.pi) * grid.x}
+    free = sorted([0, 1] + fourier + tilts)
+    row = {index: k for k, index in enumerate(free)}
+    n_free = len(free)
+    # Jacobian rows (d model / d p over the inner region), written in place
+    jacobian = np.empty((n_free,) + target.shape, dtype=np.complex64)
+    jacobian_real = jacobian.reshape(n_free, -1).view(np.float32)
+    any_tilt = bool(tilts) or state[4] != 0.0 or state[5] != 0.0
 
     def evaluate(s):
+        """Spectrum moved by ``s``, base (inner, with tilt, no factor), residual, cost."""
         spectrum = average_spectrum * _propagator(s, grid, +1.0)
-        base = fft.ifft2(spectrum)[inner]  # without factor and tilt
-        ramp = _tilt_ramp(s, grid, +1.0)
+        base = fft.ifft2(spectrum)[inner]
+        ramp = _tilt_ramp(s, grid, +1.0) if any_tilt else None
         if ramp is not None:
-            base = base * ramp
-        model = base * np.complex64(_factor(s))
-        residual = model - target
-        return spectrum, base, model, residual, _real_dot(residual, residual)
+            base *= ramp
+        residual = base * np.complex64(_factor(s))
+        residual -= target
+        cost = float(np.vdot(residual, residual).real)
+        return spectrum, base, ramp, residual, cost
 
-    spectrum, base, model, residual, cost = evaluate(state)
+    spectrum, base, ramp, residual, cost = evaluate(state)
     start_error = cost
     damping = 1e-4
+    small_rad = np.pi * step_tolerance_px
     for _ in range(max_iterations):
         factor = np.complex64(_factor(state))
-        ramp = _tilt_ramp(state, grid, +1.0)
-
-        def moved(spec):  # ifft of a spectrum, inner region, with the tilt ramp
-            values = fft.ifft2(spec)[inner]
-            return values if ramp is None else values * ramp
-
-        first = {0: base, 1: 1j * base}
-        plain = {}  # d(base)/dp for Fourier parameters (without factor)
-        for index, multiplier in fourier:
-            plain[index] = moved(spectrum * multiplier)
-            first[index] = plain[index] * factor
-        for index, coordinate in tilts:
-            first[index] = model * coordinate
-
-        n_free = len(free)
-        # Gauss-Newton part and gradient: real inner products Re(a^H b) as float32
-        # dot products of the (re, im) pairs
-        jacobian = np.stack([first[i] for i in free]).astype(np.complex64, copy=False)
-        jacobian = jacobian.view(np.float32).reshape(n_free, -1)
-        gauss_newton = (jacobian @ jacobian.T).astype(np.float64)
-        gradient = (jacobian @ np.ascontiguousarray(residual, dtype=np.complex64).view(np.float32).ravel()).astype(np.float64)
-        hessian = np.triu(gauss_newton)
-
-        def second(ia, ib):
-            """Second derivative of the model by two parameters (None: zero)."""
-            fa, fb = ia in (0, 1), ib in (0, 1)
-            if fa and fb:
-                return None
-            if fa or fb:
-                f_index, other = (ia, ib) if fa else (ib, ia)
-                unit = 1.0 if f_index == 0 else 1j
-                if other in plain:
-                    return plain[other] * np.complex64(unit)
-                coordinate = dict(tilts)[other]
-                return base * coordinate * np.complex64(unit)
-            ta, tb = ia in (4, 5), ib in (4, 5)
-            if ta and tb:
-                return model * dict(tilts)[ia] * dict(tilts)[ib]
-            if ta or tb:
-                t_index, other = (ia, ib) if ta else (ib, ia)
-                return first[other] * dict(tilts)[t_index]
-            return None  # both in Fourier space: see below
-
-        for a, ia in enumerate(free):
-            for b in range(a, n_free):
-                term = second(ia, free[b])
-                if term is not None:
-                    hessian[a, b] += _real_dot(residual, term)
+        # first derivatives: factor (base, i base), Fourier parameters, tilts
+        jacobian[row[0]] = base
+        np.multiply(base, np.complex64(1j), out=jacobian[row[1]])
+        for index in fourier:
+            out = jacobian[row[index]]
+            out[...] = fft.ifft2(spectrum * multipliers[index])[inner]
+            if ramp is not None:
+                out *= ramp
+            out *= factor
+        for index in tilts:
+            np.multiply(base, coordinates[index] * factor, out=jacobian[row[index]])
+        residual_real = residual.reshape(-1).view(np.float32)
+        turned = residual * np.complex64(-1j)
+        # z_a = <J_a, r> = Re + i Im, from the real views (one matrix-vector product each)
+        z = (jacobian_real @ residual_real).astype(np.float64) + 1j * (jacobian_real @ turned.reshape(-1).view(np.float32)).astype(np.float64)
+        gradient = z.real
+        gauss_newton = (jacobian_real @ jacobian_real.T).astype(np.float64)
+        hessian = gauss_newton.copy()
+        factor_c = complex(factor)
+        # second derivatives d2 model / d f d p = (d model / d p) / f (times 1 or i)
+        if abs(factor_c) > 0:
+            for index in fourier + tilts:
+                term = np.conj(z[row[index]]) / factor_c  # <r, J_a / f>
+                for f_index, unit in ((0, 1.0), (1, 1j)):
+                    value = (unit * term).real
+                    hessian[row[f_index], row[index]] += value
+                    hessian[row[index], row[f_index]] += value
+        # tilt second derivatives (real space): d2/dt dp = c_t dJ_p for p a tilt or Fourier parameter
+        for index_t in tilts:
+            for index in fourier + tilts:
+                if index in tilts and index < index_t:
+                    continue
+                value = float(np.vdot(residual, coordinates[index_t] * jacobian[row[index]]).real)
+                hessian[row[index_t], row[index]] += value
+                if index != index_t:
+                    hessian[row[index], row[index_t]] += value
         if fourier:
-            # sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R(q)) S k_a k_b (Parseval),
-            # with R the spectrum of the residual (without the tilt ramp) zero outside the inner region
+            # sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R) S k_a k_b (Parseval), with R
+            # the spectrum of the residual (tilt ramp taken off) zero outside the inner region
             padded = np.zeros(grid.shape, dtype=np.complex64)
             padded[inner] = residual if ramp is None else residual * np.conj(ramp)
-            residual_spectrum = fft.fft2(padded)
-            scale = complex(factor) / (grid.shape[0] * grid.shape[1])
-            weighted = np.conj(residual_spectrum) * spectrum
-            for a, ia in enumerate(free):
-                for b in range(a, n_free):
-                    ib = free[b]
-                    if ia in dict(fourier) and ib in dict(fourier):
-                        product = weighted * (dict(fourier)[ia] * dict(fourier)[ib])
-                        hessian[a, b] += (scale * complex(np.sum(product, dtype=np.complex128))).real
-        hessian = np.triu(hessian) + np.triu(hessian, 1).T
+            weights = np.conj(fft.fft2(padded))
+            weights *= spectrum
+            scale = factor_c / n_pixels
+            for (ia, ib), moment in _fourier_moments(weights, grid, fourier).items():
+                value = (scale * moment).real
+                hessian[row[ia], row[ib]] += value
+                if ia != ib:
+                    hessian[row[ib], row[ia]] += value
         diagonal = np.abs(np.diag(gauss_newton)).copy()
         diagonal[diagonal == 0] = 1.0
 
@@ -357,9 +405,13 @@ def fit_to_average(
             predicted = -2.0 * float(gradient @ step) - float(step @ hessian @ step)
             if predicted <= tolerance * cost:
                 break
+            if _step_phase_rad(step, free, grid) < small_rad:
+                # converged to second order: take the step unchecked and stop
+                state[free] += step
+                return (state, start_error) if return_start_error else state
             trial = state.copy()
             trial[free] += step
-            t_spectrum, t_base, t_model, t_residual, t_cost = evaluate(trial)
+            t_spectrum, t_base, t_ramp, t_residual, t_cost = evaluate(trial)
             if t_cost <= cost:
                 accepted = True
                 break
@@ -367,11 +419,8 @@ def fit_to_average(
         if not accepted:
             break
         improvement = cost - t_cost
-        moved_px = np.abs(trial[2:4] - state[2:4]) / np.asarray(grid.sampling_nm)
-        state, spectrum, base, model, residual, cost = trial, t_spectrum, t_base, t_model, t_residual, t_cost
+        state, spectrum, base, ramp, residual, cost = trial, t_spectrum, t_base, t_ramp, t_residual, t_cost
         damping = damping / 10.0
         if improvement <= tolerance * max(cost, 1e-30) or improvement <= 1e-30:
-            break
-        if not (fit_tilt or fit_defocus) and moved_px.max() < step_tolerance_px:
             break
     return (state, start_error) if return_start_error else state
