@@ -252,11 +252,13 @@ def _fourier_moments(weights: np.ndarray, grid: AlignmentGrid, fourier: list[int
     return moments
 
 
-def _step_phase_rad(step: np.ndarray, free: list[int], grid: AlignmentGrid) -> float:
-    """Largest phase change (rad) a parameter step makes over the spectrum or the inner region."""
+def _step_phase_rad(step: np.ndarray, free: list[int], grid: AlignmentGrid, state: np.ndarray) -> float:
+    """Largest change (rad) a parameter step makes to the model's phase over the spectrum or the
+    inner region (for the factor: its relative change)."""
     q_max = (float(np.abs(grid.qy).max()), float(np.abs(grid.qx).max()))
     r_max = (float(np.abs(grid.y).max()), float(np.abs(grid.x).max()))
-    largest = 0.0
+    factor = abs(complex(state[0], state[1]))
+    largest = abs(complex(step[0], step[1])) / factor if factor > 0 else np.inf  # free[:2] = [0, 1]
     for value, index in zip(step, free):
         if index in (2, 3):
             largest = max(largest, _TWO_PI * abs(value) * q_max[index - 2])
@@ -278,7 +280,7 @@ def fit_to_average(
     fit_defocus: bool = False,
     max_iterations: int = 30,
     tolerance: float = 1e-6,
-    step_tolerance_px: float = 0.02,
+    step_tolerance_px: float = 0.005,
     return_start_error: bool = False,
 ):
     """Fit the factor (always) and shift / tilt / defocus (as switched on) of one wave.
@@ -293,12 +295,13 @@ def fit_to_average(
     the Fourier-space parameters, by Parseval's theorem) and one inverse FFT to
     evaluate the new state.
 
-    Newton steps with the exact Hessian converge quadratically: once a step
-    changes the phase of the model by less than ``pi * step_tolerance_px`` (a
-    shift of ``step_tolerance_px`` pixels at the Nyquist frequency, or the same
-    phase from the tilt or the defocus), the step is taken without evaluating
-    it and the fit ends (what is left is of the order of the square of that
-    step). Otherwise steps are checked and damped (Levenberg-Marquardt) until
+    Newton steps with the exact Hessian converge quadratically: once the
+    undamped Newton step changes the model by less than ``pi *
+    step_tolerance_px`` rad (the phase of a shift of ``step_tolerance_px``
+    pixels at the Nyquist frequency, or the same phase from the tilt or the
+    defocus, or the same relative change of the factor), it is taken without
+    evaluating it and the fit ends (what is left is of the order of the square
+    of that step). Otherwise steps are checked and damped (Levenberg-Marquardt) until
     the squared residual decreases, and the fit ends when it improves by less
     than ``tolerance`` (relative).
 
@@ -393,6 +396,15 @@ def fit_to_average(
         diagonal = np.abs(np.diag(gauss_newton)).copy()
         diagonal[diagonal == 0] = 1.0
 
+        try:  # the undamped Newton step, if the Hessian is positive definite
+            np.linalg.cholesky(hessian)
+            newton = np.linalg.solve(hessian, -gradient)
+        except np.linalg.LinAlgError:
+            newton = None
+        if newton is not None and _step_phase_rad(newton, free, grid, state) < small_rad:
+            # converged to second order: take the step unchecked and stop
+            state[free] += newton
+            break
         accepted = False
         for _attempt in range(8):
             matrix = hessian + damping * np.diag(diagonal)
@@ -405,10 +417,6 @@ def fit_to_average(
             predicted = -2.0 * float(gradient @ step) - float(step @ hessian @ step)
             if predicted <= tolerance * cost:
                 break
-            if _step_phase_rad(step, free, grid) < small_rad:
-                # converged to second order: take the step unchecked and stop
-                state[free] += step
-                return (state, start_error) if return_start_error else state
             trial = state.copy()
             trial[free] += step
             t_spectrum, t_base, t_ramp, t_residual, t_cost = evaluate(trial)
