@@ -226,29 +226,34 @@ def _fourier_moments(weights: np.ndarray, grid: AlignmentGrid, fourier: list[int
 
     ``k`` are the multipliers d(spectrum)/dp / spectrum: ``2 pi i q_y``,
     ``2 pi i q_x`` (shift) and ``-i pi lambda q^2`` (defocus). All products are
-    polynomials in ``q_y`` and ``q_x``, so the sums come from the row and column
-    sums of ``W`` and one or two matrix-vector products (no full-size temporary
-    per pair).
+    polynomials in ``q_y`` and ``q_x``, so the sums are moments
+    ``sum W q_y^k q_x^l``: one small real matrix product gives
+    ``sum_y q_y^k W`` for every ``k`` (a complex matrix product here would be
+    multi-threaded by OpenBLAS, which is slow inside Dask's threads), then
+    1-D dot products.
     """
-    qy = grid.qy[:, 0].astype(np.float64)
+    orders = 5 if 6 in fourier else 3
+    qy = grid.qy[:, 0]
+    powers_y = np.stack([qy**k for k in range(orders)]).astype(np.float32)
+    weights = np.ascontiguousarray(weights, dtype=np.complex64)
+    by_column = (powers_y @ weights.view(np.float32)).view(np.complex64).astype(np.complex128)  # (orders, nx)
     qx = grid.qx[0, :].astype(np.float64)
-    w_row = weights.sum(axis=1, dtype=np.complex128)  # over x, per qy
-    w_col = weights.sum(axis=0, dtype=np.complex128)  # over y, per qx
-    columns = [qx] + ([qx**2] if 6 in fourier else [])
-    products = (np.asarray(weights, dtype=np.complex128) @ np.stack(columns, axis=1)) if (2 in fourier or 6 in fourier) else None
+
+    def moment(k, l):
+        return by_column[k] @ qx**l
+
     c = -4.0 * np.pi**2  # (2 pi i)^2
     moments = {}
     if 2 in fourier:
-        moments[(2, 2)] = c * (qy**2 @ w_row)
-        moments[(3, 3)] = c * (qx**2 @ w_col)
-        moments[(2, 3)] = c * (qy @ products[:, 0])
+        moments[(2, 2)] = c * moment(2, 0)
+        moments[(3, 3)] = c * moment(0, 2)
+        moments[(2, 3)] = c * moment(1, 1)
     if 6 in fourier:
         lam = grid.wavelength_nm
-        qy_x2 = products[:, 1]  # sum_x W qx^2, per qy
-        moments[(6, 6)] = -(np.pi * lam) ** 2 * (qy**4 @ w_row + qx**4 @ w_col + 2.0 * (qy**2 @ qy_x2))
+        moments[(6, 6)] = -(np.pi * lam) ** 2 * (moment(4, 0) + moment(0, 4) + 2.0 * moment(2, 2))
         if 2 in fourier:  # (2 pi i)(-i pi lambda) = 2 pi^2 lambda
-            moments[(2, 6)] = 2.0 * np.pi**2 * lam * (qy**3 @ w_row + qy @ qy_x2)
-            moments[(3, 6)] = 2.0 * np.pi**2 * lam * (qx**3 @ w_col + qy**2 @ products[:, 0])
+            moments[(2, 6)] = 2.0 * np.pi**2 * lam * (moment(3, 0) + moment(1, 2))
+            moments[(3, 6)] = 2.0 * np.pi**2 * lam * (moment(0, 3) + moment(2, 1))
     return moments
 
 
