@@ -25,18 +25,26 @@ import dask.array as da
 import numpy as np
 
 
-def _reconstructed_stack(workdir: Path, n_frames: int):
+def _reconstructed_stack(workdir: Path, n_frames: int, params_file=None):
     import holodask
     from holodask import pipeline, simulate
     from holodask.results import open_result
 
     result_path = workdir / "result.hdf5"
     if not result_path.exists():
+        import json5
+
+        if params_file is not None:  # an existing series: reconstruct it into workdir
+            raw = json5.loads(Path(params_file).read_text())
+            raw["output_series"] = True
+            raw["output_name"] = str(result_path)
+            pipeline.run(holodask.load_parameters(raw, basepath=Path(params_file).parent),
+                         basepath=Path(params_file).parent)
+            return _reconstructed_stack(workdir, n_frames)
         simulate.simulate_series(workdir, n_frames=n_frames, size_px=1024, object_size_px=256, dose_e_per_px=500,
                                  drift_step_px=0.5, biprism_phase_jitter_rad=0.3, seed=7, texture_contrast=0.1)
         params_path = workdir / "params.json"
         text = params_path.read_text()
-        import json5
         raw = json5.loads(text)
         raw["output_series"] = True
         raw["output_name"] = str(result_path)
@@ -54,6 +62,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/holodask-fitbench")
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--params", help="reconstruct this existing series (parameter file) instead of simulating")
     parser.add_argument("--repeat", type=int, default=3, help="averaging runs per configuration (best kept)")
     args = parser.parse_args(argv)
 
@@ -63,7 +72,7 @@ def main(argv=None) -> int:
     os.environ["HOLODASK_SCHEDULER"] = "synchronous"  # one call at a time: clean per-call times
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    series, sampling = _reconstructed_stack(workdir, args.frames)
+    series, sampling = _reconstructed_stack(workdir, args.frames, args.params)
     n, size = series.shape[0], series.shape[1]
     grid = alignment_grid((size, size), sampling, 300.0)
     stack = da.from_array(series, chunks=(1, size, size))

@@ -166,12 +166,26 @@ def alignment_grid(shape, sampling_yx, voltage_kV: float | None, margin: float =
     return AlignmentGrid((ny, nx), (sy, sx), wavelength, qy, qx, qx**2 + qy**2, y, x, inner)
 
 
-def _propagator(state: np.ndarray, grid: AlignmentGrid, sign: float) -> np.ndarray:
-    """``exp(sign * i (2 pi s.q - pi lambda d q^2))`` as complex64 (separable in y and x)."""
+def _propagator_factors(state: np.ndarray, grid: AlignmentGrid, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """The y and x factors (complex64, (ny, 1) and (1, nx)) of :func:`_propagator`."""
     defocus_term = np.pi * grid.wavelength_nm * state[_DEFOCUS]
     phase_y = (2.0 * np.pi * state[2]) * grid.qy - defocus_term * grid.qy**2
     phase_x = (2.0 * np.pi * state[3]) * grid.qx - defocus_term * grid.qx**2
-    return np.exp((1j * sign) * phase_y).astype(np.complex64) * np.exp((1j * sign) * phase_x).astype(np.complex64)
+    return np.exp((1j * sign) * phase_y).astype(np.complex64), np.exp((1j * sign) * phase_x).astype(np.complex64)
+
+
+def _propagator(state: np.ndarray, grid: AlignmentGrid, sign: float) -> np.ndarray:
+    """``exp(sign * i (2 pi s.q - pi lambda d q^2))`` as complex64 (separable in y and x)."""
+    along_y, along_x = _propagator_factors(state, grid, sign)
+    return along_y * along_x
+
+
+def _moved_spectrum(spectrum: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -> np.ndarray:
+    """``spectrum * _propagator(state, grid, +1)`` without the full-size propagator."""
+    along_y, along_x = _propagator_factors(state, grid, +1.0)
+    moved = np.multiply(spectrum, along_y, dtype=np.complex64)
+    moved *= along_x
+    return moved
 
 
 def _tilt_ramp(state: np.ndarray, grid: AlignmentGrid, sign: float, full: bool = False) -> np.ndarray | None:
@@ -291,7 +305,8 @@ def fit_to_average(
     """Fit the factor (always) and shift / tilt / defocus (as switched on) of one wave.
 
     Minimises ``sum |model - wave|^2`` over the inner region by damped Newton
-    steps with the exact Hessian. The exact Hessian matters: the average (or
+    steps with the exact Hessian, starting from the given state with the
+    factor replaced by its least-squares value there (it enters linearly). The exact Hessian matters: the average (or
     first frame) the wave is fitted to is itself noisy, and the Gauss-Newton
     approximation then overestimates the curvature and creeps towards the
     minimum. A step costs one inverse FFT per Fourier-space parameter (shift,
@@ -319,8 +334,15 @@ def fit_to_average(
     n_pixels = grid.shape[0] * grid.shape[1]
 
     fourier = ([2, 3] if fit_shift else []) + ([6] if fit_defocus else [])
-    multipliers = {2: np.complex64(2j * np.pi) * grid.qy, 3: np.complex64(2j * np.pi) * grid.qx,
-                   6: np.complex64(-1j * np.pi * grid.wavelength_nm) * grid.q2}
+    # d(spectrum)/dp / spectrum = i * (real multiplier), the real part broadcast over (y, x, re/im)
+    multipliers = {}
+    if fit_shift:
+        multipliers[2] = (2.0 * np.pi * grid.qy).astype(np.float32)[:, :, None]
+        multipliers[3] = (2.0 * np.pi * grid.qx).astype(np.float32)[:, :, None]
+    if fit_defocus:
+        multipliers[6] = (-np.pi * grid.wavelength_nm * grid.q2).astype(np.float32)[:, :, None]
+    weighted = np.empty(grid.shape, dtype=np.complex64)  # spectrum times a multiplier
+    weighted_real = weighted.view(np.float32).reshape(grid.shape + (2,))
     tilts = [4, 5] if fit_tilt else []
     coordinates = {4: np.complex64(2j * np.pi) * grid.y, 5: np.complex64(2j * np.pi) * grid.x}
     free = sorted([0, 1] + fourier + tilts)
@@ -333,7 +355,7 @@ def fit_to_average(
 
     def evaluate(s):
         """Spectrum moved by ``s``, base (inner, with tilt, no factor), residual, cost."""
-        spectrum = average_spectrum * _propagator(s, grid, +1.0)
+        spectrum = _moved_spectrum(average_spectrum, s, grid)
         base = fft.ifft2(spectrum)[inner]
         ramp = _tilt_ramp(s, grid, +1.0) if any_tilt else None
         if ramp is not None:
@@ -345,6 +367,14 @@ def fit_to_average(
 
     spectrum, base, ramp, residual, cost = evaluate(state)
     start_error = cost
+    # the factor enters linearly: start from its best value for the start position
+    power = float(np.vdot(base, base).real)
+    if power > 0:
+        best = complex(np.vdot(base, target)) / power
+        state[0], state[1] = best.real, best.imag
+        residual = base * np.complex64(best)
+        residual -= target
+        cost = float(np.vdot(residual, residual).real)
     damping = 1e-4
     small_rad = np.pi * step_tolerance_px
     for _ in range(max_iterations):
@@ -352,12 +382,13 @@ def fit_to_average(
         # first derivatives: factor (base, i base), Fourier parameters, tilts
         jacobian[row[0]] = base
         np.multiply(base, np.complex64(1j), out=jacobian[row[1]])
+        spectrum_real = spectrum.view(np.float32).reshape(grid.shape + (2,))
         for index in fourier:
             out = jacobian[row[index]]
-            out[...] = fft.ifft2(spectrum * multipliers[index])[inner]
+            np.multiply(spectrum_real, multipliers[index], out=weighted_real)
+            np.multiply(fft.ifft2(weighted)[inner], np.complex64(1j) * factor, out=out)
             if ramp is not None:
                 out *= ramp
-            out *= factor
         for index in tilts:
             np.multiply(base, coordinates[index] * factor, out=jacobian[row[index]])
         residual_real = residual.reshape(-1).view(np.float32)
@@ -390,7 +421,8 @@ def fit_to_average(
             # the spectrum of the residual (tilt ramp taken off) zero outside the inner region
             padded = np.zeros(grid.shape, dtype=np.complex64)
             padded[inner] = residual if ramp is None else residual * np.conj(ramp)
-            weights = np.conj(fft.fft2(padded))
+            weights = fft.fft2(padded)
+            np.conjugate(weights, out=weights)
             weights *= spectrum
             scale = factor_c / n_pixels
             for (ia, ib), moment in _fourier_moments(weights, grid, fourier).items():
@@ -406,7 +438,8 @@ def fit_to_average(
             newton = np.linalg.solve(hessian, -gradient)
         except np.linalg.LinAlgError:
             newton = None
-        if newton is not None and _step_phase_rad(newton, free, grid, state) < small_rad:
+        size_rad = _step_phase_rad(newton, free, grid, state) if newton is not None else np.inf
+        if size_rad < small_rad:
             # converged to second order: take the step unchecked and stop
             state[free] += newton
             break
