@@ -207,7 +207,7 @@ def _factor(state: np.ndarray) -> complex:
 
 def model_wave(average_spectrum: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -> np.ndarray:
     """The model of a wave (inner region) for a state: the average moved onto it."""
-    spectrum = average_spectrum * _propagator(state, grid, +1.0)
+    spectrum = _moved_spectrum(average_spectrum, state, grid)
     model = fft.ifft2(spectrum)[grid.inner] * np.complex64(_factor(state))
     ramp = _tilt_ramp(state, grid, +1.0)
     return model if ramp is None else model * ramp
@@ -223,8 +223,11 @@ def aligned_spectrum(wave: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -
     """Spectrum of a wave moved onto the average (inverse of the model), complex64."""
     ramp = _tilt_ramp(state, grid, -1.0, full=True)
     moved = wave if ramp is None else wave * ramp
-    spectrum = fft.fft2(moved) * _propagator(state, grid, -1.0)
-    return (spectrum / np.complex64(_factor(state))).astype(np.complex64, copy=False)
+    spectrum = fft.fft2(moved)
+    along_y, along_x = _propagator_factors(state, grid, -1.0)
+    spectrum *= along_y * np.complex64(1.0 / _factor(state))
+    spectrum *= along_x
+    return spectrum
 
 
 def _real_dot(a: np.ndarray, b: np.ndarray) -> float:
