@@ -337,15 +337,16 @@ def fit_to_average(
     n_pixels = grid.shape[0] * grid.shape[1]
 
     fourier = ([2, 3] if fit_shift else []) + ([6] if fit_defocus else [])
-    # d(spectrum)/dp / spectrum = i * (real multiplier), the real part broadcast over (y, x, re/im)
+    # d(spectrum)/dp / spectrum = i * (real multiplier); the real multipliers act on the
+    # (ny, 2 nx) float32 view of a spectrum (re/im interleaved along x)
     multipliers = {}
     if fit_shift:
-        multipliers[2] = (2.0 * np.pi * grid.qy).astype(np.float32)[:, :, None]
-        multipliers[3] = (2.0 * np.pi * grid.qx).astype(np.float32)[:, :, None]
+        multipliers[2] = (2.0 * np.pi * grid.qy).astype(np.float32)
+        multipliers[3] = np.repeat((2.0 * np.pi * grid.qx).astype(np.float32), 2, axis=1)
     if fit_defocus:
-        multipliers[6] = (-np.pi * grid.wavelength_nm * grid.q2).astype(np.float32)[:, :, None]
+        multipliers[6] = np.repeat((-np.pi * grid.wavelength_nm * grid.q2).astype(np.float32), 2, axis=1)
     weighted = np.empty(grid.shape, dtype=np.complex64)  # spectrum times a multiplier
-    weighted_real = weighted.view(np.float32).reshape(grid.shape + (2,))
+    weighted_real = weighted.view(np.float32)
     tilts = [4, 5] if fit_tilt else []
     coordinates = {4: np.complex64(2j * np.pi) * grid.y, 5: np.complex64(2j * np.pi) * grid.x}
     free = sorted([0, 1] + fourier + tilts)
@@ -385,7 +386,7 @@ def fit_to_average(
         # first derivatives: factor (base, i base), Fourier parameters, tilts
         jacobian[row[0]] = base
         np.multiply(base, np.complex64(1j), out=jacobian[row[1]])
-        spectrum_real = spectrum.view(np.float32).reshape(grid.shape + (2,))
+        spectrum_real = spectrum.view(np.float32)
         for index in fourier:
             out = jacobian[row[index]]
             np.multiply(spectrum_real, multipliers[index], out=weighted_real)
