@@ -360,10 +360,9 @@ def fit_to_average(
     def evaluate(s):
         """Spectrum moved by ``s``, base (inner, with tilt, no factor), residual, cost."""
         spectrum = _moved_spectrum(average_spectrum, s, grid)
-        base = fft.ifft2(spectrum)[inner]
         ramp = _tilt_ramp(s, grid, +1.0) if any_tilt else None
-        if ramp is not None:
-            base *= ramp
+        base = fft.ifft2(spectrum)[inner]  # contiguous below: BLAS dot products would copy it
+        base = np.ascontiguousarray(base) if ramp is None else base * ramp
         residual = base * np.complex64(_factor(s))
         residual -= target
         cost = float(np.vdot(residual, residual).real)
