@@ -5,11 +5,15 @@ it with the pipeline (``output_series``), then runs the averaging rounds in this
 process (synchronous scheduler) with ``fit_to_average`` wrapped so that every
 call is timed and its FFTs counted. Cold calls are those of the first round
 (start at zero shift); warm calls those of the later rounds (start at the
-previous round's state). Optionally also with the defocus and tilt fits.
+previous round's state); each configuration (shift; shift + defocus from round
+3; shift + tilt) reports calls, median wall and thread-CPU time per call and
+FFTs per call. ``--params`` reconstructs an existing series instead (e.g. the
+60-hologram one). Run with ``OPENBLAS_NUM_THREADS=1`` on a shared machine.
 
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/fit_kernel.py [--workdir DIR] [--frames 8] [--repeat 3]
+    PYTHONPATH=$PWD python benchmarks/fit_kernel.py --workdir /tmp/fb60 --params /tmp/s60/params.json
 """
 
 from __future__ import annotations

@@ -230,11 +230,6 @@ def aligned_spectrum(wave: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -
     return spectrum
 
 
-def _real_dot(a: np.ndarray, b: np.ndarray) -> float:
-    """``Re sum(conj(a) * b)``."""
-    return float(np.vdot(a, b).real)
-
-
 _TWO_PI = 2.0 * np.pi
 
 
