@@ -166,12 +166,26 @@ def alignment_grid(shape, sampling_yx, voltage_kV: float | None, margin: float =
     return AlignmentGrid((ny, nx), (sy, sx), wavelength, qy, qx, qx**2 + qy**2, y, x, inner)
 
 
-def _propagator(state: np.ndarray, grid: AlignmentGrid, sign: float) -> np.ndarray:
-    """``exp(sign * i (2 pi s.q - pi lambda d q^2))`` as complex64 (separable in y and x)."""
+def _propagator_factors(state: np.ndarray, grid: AlignmentGrid, sign: float) -> tuple[np.ndarray, np.ndarray]:
+    """The y and x factors (complex64, (ny, 1) and (1, nx)) of :func:`_propagator`."""
     defocus_term = np.pi * grid.wavelength_nm * state[_DEFOCUS]
     phase_y = (2.0 * np.pi * state[2]) * grid.qy - defocus_term * grid.qy**2
     phase_x = (2.0 * np.pi * state[3]) * grid.qx - defocus_term * grid.qx**2
-    return np.exp((1j * sign) * phase_y).astype(np.complex64) * np.exp((1j * sign) * phase_x).astype(np.complex64)
+    return np.exp((1j * sign) * phase_y).astype(np.complex64), np.exp((1j * sign) * phase_x).astype(np.complex64)
+
+
+def _propagator(state: np.ndarray, grid: AlignmentGrid, sign: float) -> np.ndarray:
+    """``exp(sign * i (2 pi s.q - pi lambda d q^2))`` as complex64 (separable in y and x)."""
+    along_y, along_x = _propagator_factors(state, grid, sign)
+    return along_y * along_x
+
+
+def _moved_spectrum(spectrum: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -> np.ndarray:
+    """``spectrum * _propagator(state, grid, +1)`` without the full-size propagator."""
+    along_y, along_x = _propagator_factors(state, grid, +1.0)
+    moved = np.multiply(spectrum, along_y, dtype=np.complex64)
+    moved *= along_x
+    return moved
 
 
 def _tilt_ramp(state: np.ndarray, grid: AlignmentGrid, sign: float, full: bool = False) -> np.ndarray | None:
@@ -193,7 +207,7 @@ def _factor(state: np.ndarray) -> complex:
 
 def model_wave(average_spectrum: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -> np.ndarray:
     """The model of a wave (inner region) for a state: the average moved onto it."""
-    spectrum = average_spectrum * _propagator(state, grid, +1.0)
+    spectrum = _moved_spectrum(average_spectrum, state, grid)
     model = fft.ifft2(spectrum)[grid.inner] * np.complex64(_factor(state))
     ramp = _tilt_ramp(state, grid, +1.0)
     return model if ramp is None else model * ramp
@@ -209,13 +223,67 @@ def aligned_spectrum(wave: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -
     """Spectrum of a wave moved onto the average (inverse of the model), complex64."""
     ramp = _tilt_ramp(state, grid, -1.0, full=True)
     moved = wave if ramp is None else wave * ramp
-    spectrum = fft.fft2(moved) * _propagator(state, grid, -1.0)
-    return (spectrum / np.complex64(_factor(state))).astype(np.complex64, copy=False)
+    spectrum = fft.fft2(moved)
+    along_y, along_x = _propagator_factors(state, grid, -1.0)
+    spectrum *= along_y * np.complex64(1.0 / _factor(state))
+    spectrum *= along_x
+    return spectrum
 
 
-def _real_dot(a: np.ndarray, b: np.ndarray) -> float:
-    """``Re sum(conj(a) * b)``."""
-    return float(np.vdot(a, b).real)
+_TWO_PI = 2.0 * np.pi
+
+
+def _fourier_moments(weights: np.ndarray, grid: AlignmentGrid, fourier: list[int]) -> dict:
+    """``sum_q W(q) k_a(q) k_b(q)`` for the Fourier-space parameters ``a, b``.
+
+    ``k`` are the multipliers d(spectrum)/dp / spectrum: ``2 pi i q_y``,
+    ``2 pi i q_x`` (shift) and ``-i pi lambda q^2`` (defocus). All products are
+    polynomials in ``q_y`` and ``q_x``, so the sums are moments
+    ``sum W q_y^k q_x^l``: one small real matrix product gives
+    ``sum_y q_y^k W`` for every ``k`` (a complex matrix product here would be
+    multi-threaded by OpenBLAS, which is slow inside Dask's threads), then
+    1-D dot products.
+    """
+    orders = 5 if 6 in fourier else 3
+    qy = grid.qy[:, 0]
+    powers_y = np.stack([qy**k for k in range(orders)]).astype(np.float32)
+    weights = np.ascontiguousarray(weights, dtype=np.complex64)
+    by_column = (powers_y @ weights.view(np.float32)).view(np.complex64).astype(np.complex128)  # (orders, nx)
+    qx = grid.qx[0, :].astype(np.float64)
+
+    def moment(k, l):
+        return by_column[k] @ qx**l
+
+    c = -4.0 * np.pi**2  # (2 pi i)^2
+    moments = {}
+    if 2 in fourier:
+        moments[(2, 2)] = c * moment(2, 0)
+        moments[(3, 3)] = c * moment(0, 2)
+        moments[(2, 3)] = c * moment(1, 1)
+    if 6 in fourier:
+        lam = grid.wavelength_nm
+        moments[(6, 6)] = -(np.pi * lam) ** 2 * (moment(4, 0) + moment(0, 4) + 2.0 * moment(2, 2))
+        if 2 in fourier:  # (2 pi i)(-i pi lambda) = 2 pi^2 lambda
+            moments[(2, 6)] = 2.0 * np.pi**2 * lam * (moment(3, 0) + moment(1, 2))
+            moments[(3, 6)] = 2.0 * np.pi**2 * lam * (moment(0, 3) + moment(2, 1))
+    return moments
+
+
+def _step_phase_rad(step: np.ndarray, free: list[int], grid: AlignmentGrid, state: np.ndarray) -> float:
+    """Largest change (rad) a parameter step makes to the model's phase over the spectrum or the
+    inner region (for the factor: its relative change)."""
+    q_max = (float(np.abs(grid.qy).max()), float(np.abs(grid.qx).max()))
+    r_max = (float(np.abs(grid.y).max()), float(np.abs(grid.x).max()))
+    factor = abs(complex(state[0], state[1]))
+    largest = abs(complex(step[0], step[1])) / factor if factor > 0 else np.inf  # free[:2] = [0, 1]
+    for value, index in zip(step, free):
+        if index in (2, 3):
+            largest = max(largest, _TWO_PI * abs(value) * q_max[index - 2])
+        elif index in (4, 5):
+            largest = max(largest, _TWO_PI * abs(value) * r_max[index - 4])
+        elif index == 6:
+            largest = max(largest, np.pi * grid.wavelength_nm * abs(value) * (q_max[0] ** 2 + q_max[1] ** 2))
+    return largest
 
 
 def fit_to_average(
@@ -229,122 +297,150 @@ def fit_to_average(
     fit_defocus: bool = False,
     max_iterations: int = 30,
     tolerance: float = 1e-6,
-    step_tolerance_px: float = 1e-3,
+    step_tolerance_px: float = 0.005,
     return_start_error: bool = False,
 ):
     """Fit the factor (always) and shift / tilt / defocus (as switched on) of one wave.
 
     Minimises ``sum |model - wave|^2`` over the inner region by damped Newton
-    steps with the exact Hessian (the second-derivative terms of the
-    Fourier-space parameters come from one FFT of the residual by Parseval's
-    theorem, so a step costs one inverse FFT per Fourier-space parameter plus
-    two). The
-    exact Hessian matters: the average (or first frame) the wave is fitted to
-    is itself noisy, and the Gauss-Newton approximation then overestimates the
-    curvature and creeps towards the minimum. Iterates until the squared
-    residual improves by less than ``tolerance`` (relative) or, when only the
-    shift is fitted, the shift moves by less than ``step_tolerance_px``.
+    steps with the exact Hessian, starting from the given state with the
+    factor replaced by its least-squares value there (it enters linearly). The exact Hessian matters: the average (or
+    first frame) the wave is fitted to is itself noisy, and the Gauss-Newton
+    approximation then overestimates the curvature and creeps towards the
+    minimum. A step costs one inverse FFT per Fourier-space parameter (shift,
+    defocus: the derivatives, whose inner products give the Gauss-Newton part
+    and the gradient), one FFT of the residual (the second-derivative terms of
+    the Fourier-space parameters, by Parseval's theorem) and one inverse FFT to
+    evaluate the new state.
+
+    Newton steps with the exact Hessian converge quadratically: once the
+    undamped Newton step changes the model by less than ``pi *
+    step_tolerance_px`` rad (the phase of a shift of ``step_tolerance_px``
+    pixels at the Nyquist frequency, or the same phase from the tilt or the
+    defocus, or the same relative change of the factor), it is taken without
+    evaluating it and the fit ends (what is left is of the order of the square
+    of that step). Otherwise steps are checked and damped (Levenberg-Marquardt) until
+    the squared residual decreases, and the fit ends when it improves by less
+    than ``tolerance`` (relative).
+
     Returns the new state vector (and, with ``return_start_error``, the squared
     residual of the given state, :func:`model_error`).
     """
     state = np.asarray(state, dtype=float).copy()
-    target = np.asarray(wave)[grid.inner]
     inner = grid.inner
-    two_pi_i = np.complex64(2j * np.pi)
+    target = np.ascontiguousarray(np.asarray(wave)[inner], dtype=np.complex64)
+    n_pixels = grid.shape[0] * grid.shape[1]
 
-    # Fourier-space parameters and their multipliers d(spectrum)/dp / spectrum
-    fourier: list[tuple[int, np.ndarray]] = []
+    fourier = ([2, 3] if fit_shift else []) + ([6] if fit_defocus else [])
+    # d(spectrum)/dp / spectrum = i * (real multiplier); the real multipliers act on the
+    # (ny, 2 nx) float32 view of a spectrum (re/im interleaved along x)
+    multipliers = {}
     if fit_shift:
-        fourier += [(2, two_pi_i * grid.qy), (3, two_pi_i * grid.qx)]
+        multipliers[2] = (2.0 * np.pi * grid.qy).astype(np.float32)
+        multipliers[3] = np.repeat((2.0 * np.pi * grid.qx).astype(np.float32), 2, axis=1)
     if fit_defocus:
-        fourier.append((6, np.complex64(-1j * np.pi * grid.wavelength_nm) * grid.q2))
-    tilts: list[tuple[int, np.ndarray]] = []
-    if fit_tilt:
-        tilts = [(4, two_pi_i * grid.y), (5, two_pi_i * grid.x)]
-    free = [0, 1] + [i for i, _ in fourier] + [i for i, _ in tilts]
-    free.sort()
+        multipliers[6] = np.repeat((-np.pi * grid.wavelength_nm * grid.q2).astype(np.float32), 2, axis=1)
+    weighted = np.empty(grid.shape, dtype=np.complex64)  # spectrum times a multiplier
+    weighted_real = weighted.view(np.float32)
+    tilts = [4, 5] if fit_tilt else []
+    coordinates = {4: np.complex64(2j * np.pi) * grid.y, 5: np.complex64(2j * np.pi) * grid.x}
+    free = sorted([0, 1] + fourier + tilts)
+    row = {index: k for k, index in enumerate(free)}
+    n_free = len(free)
+    # Jacobian rows (d model / d p over the inner region), written in place
+    jacobian = np.empty((n_free,) + target.shape, dtype=np.complex64)
+    jacobian_real = jacobian.reshape(n_free, -1).view(np.float32)
+    any_tilt = bool(tilts) or state[4] != 0.0 or state[5] != 0.0
 
     def evaluate(s):
-        spectrum = average_spectrum * _propagator(s, grid, +1.0)
-        base = fft.ifft2(spectrum)[inner]  # without factor and tilt
-        ramp = _tilt_ramp(s, grid, +1.0)
-        if ramp is not None:
-            base = base * ramp
-        model = base * np.complex64(_factor(s))
-        residual = model - target
-        return spectrum, base, model, residual, _real_dot(residual, residual)
+        """Spectrum moved by ``s``, base (inner, with tilt, no factor), residual, cost."""
+        spectrum = _moved_spectrum(average_spectrum, s, grid)
+        ramp = _tilt_ramp(s, grid, +1.0) if any_tilt else None
+        base = fft.ifft2(spectrum)[inner]  # contiguous below: BLAS dot products would copy it
+        base = np.ascontiguousarray(base) if ramp is None else base * ramp
+        residual = base * np.complex64(_factor(s))
+        residual -= target
+        cost = float(np.vdot(residual, residual).real)
+        return spectrum, base, ramp, residual, cost
 
-    spectrum, base, model, residual, cost = evaluate(state)
+    spectrum, base, ramp, residual, cost = evaluate(state)
     start_error = cost
+    # the factor enters linearly: start from its best value for the start position
+    power = float(np.vdot(base, base).real)
+    if power > 0:
+        best = complex(np.vdot(base, target)) / power
+        state[0], state[1] = best.real, best.imag
+        residual = base * np.complex64(best)
+        residual -= target
+        cost = float(np.vdot(residual, residual).real)
     damping = 1e-4
+    small_rad = np.pi * step_tolerance_px
     for _ in range(max_iterations):
         factor = np.complex64(_factor(state))
-        ramp = _tilt_ramp(state, grid, +1.0)
-
-        def moved(spec):  # ifft of a spectrum, inner region, with the tilt ramp
-            values = fft.ifft2(spec)[inner]
-            return values if ramp is None else values * ramp
-
-        first = {0: base, 1: 1j * base}
-        plain = {}  # d(base)/dp for Fourier parameters (without factor)
-        for index, multiplier in fourier:
-            plain[index] = moved(spectrum * multiplier)
-            first[index] = plain[index] * factor
-        for index, coordinate in tilts:
-            first[index] = model * coordinate
-
-        n_free = len(free)
-        # Gauss-Newton part and gradient: real inner products Re(a^H b) as float32
-        # dot products of the (re, im) pairs
-        jacobian = np.stack([first[i] for i in free]).astype(np.complex64, copy=False)
-        jacobian = jacobian.view(np.float32).reshape(n_free, -1)
-        gauss_newton = (jacobian @ jacobian.T).astype(np.float64)
-        gradient = (jacobian @ np.ascontiguousarray(residual, dtype=np.complex64).view(np.float32).ravel()).astype(np.float64)
-        hessian = np.triu(gauss_newton)
-
-        def second(ia, ib):
-            """Second derivative of the model by two parameters (None: zero)."""
-            fa, fb = ia in (0, 1), ib in (0, 1)
-            if fa and fb:
-                return None
-            if fa or fb:
-                f_index, other = (ia, ib) if fa else (ib, ia)
-                unit = 1.0 if f_index == 0 else 1j
-                if other in plain:
-                    return plain[other] * np.complex64(unit)
-                coordinate = dict(tilts)[other]
-                return base * coordinate * np.complex64(unit)
-            ta, tb = ia in (4, 5), ib in (4, 5)
-            if ta and tb:
-                return model * dict(tilts)[ia] * dict(tilts)[ib]
-            if ta or tb:
-                t_index, other = (ia, ib) if ta else (ib, ia)
-                return first[other] * dict(tilts)[t_index]
-            return None  # both in Fourier space: see below
-
-        for a, ia in enumerate(free):
-            for b in range(a, n_free):
-                term = second(ia, free[b])
-                if term is not None:
-                    hessian[a, b] += _real_dot(residual, term)
+        # first derivatives: factor (base, i base), Fourier parameters, tilts
+        jacobian[row[0]] = base
+        np.multiply(base, np.complex64(1j), out=jacobian[row[1]])
+        spectrum_real = spectrum.view(np.float32)
+        for index in fourier:
+            out = jacobian[row[index]]
+            np.multiply(spectrum_real, multipliers[index], out=weighted_real)
+            np.multiply(fft.ifft2(weighted)[inner], np.complex64(1j) * factor, out=out)
+            if ramp is not None:
+                out *= ramp
+        for index in tilts:
+            np.multiply(base, coordinates[index] * factor, out=jacobian[row[index]])
+        residual_real = residual.reshape(-1).view(np.float32)
+        turned = residual * np.complex64(-1j)
+        # z_a = <J_a, r> = Re + i Im, from the real views (one matrix-vector product each)
+        z = (jacobian_real @ residual_real).astype(np.float64) + 1j * (jacobian_real @ turned.reshape(-1).view(np.float32)).astype(np.float64)
+        gradient = z.real
+        gauss_newton = (jacobian_real @ jacobian_real.T).astype(np.float64)
+        hessian = gauss_newton.copy()
+        factor_c = complex(factor)
+        # second derivatives d2 model / d f d p = (d model / d p) / f (times 1 or i)
+        if abs(factor_c) > 0:
+            for index in fourier + tilts:
+                term = np.conj(z[row[index]]) / factor_c  # <r, J_a / f>
+                for f_index, unit in ((0, 1.0), (1, 1j)):
+                    value = (unit * term).real
+                    hessian[row[f_index], row[index]] += value
+                    hessian[row[index], row[f_index]] += value
+        # tilt second derivatives (real space): d2/dt dp = c_t dJ_p for p a tilt or Fourier parameter
+        for index_t in tilts:
+            for index in fourier + tilts:
+                if index in tilts and index < index_t:
+                    continue
+                value = float(np.vdot(residual, coordinates[index_t] * jacobian[row[index]]).real)
+                hessian[row[index_t], row[index]] += value
+                if index != index_t:
+                    hessian[row[index], row[index_t]] += value
         if fourier:
-            # sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R(q)) S k_a k_b (Parseval),
-            # with R the spectrum of the residual (without the tilt ramp) zero outside the inner region
+            # sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R) S k_a k_b (Parseval), with R
+            # the spectrum of the residual (tilt ramp taken off) zero outside the inner region
             padded = np.zeros(grid.shape, dtype=np.complex64)
             padded[inner] = residual if ramp is None else residual * np.conj(ramp)
-            residual_spectrum = fft.fft2(padded)
-            scale = complex(factor) / (grid.shape[0] * grid.shape[1])
-            weighted = np.conj(residual_spectrum) * spectrum
-            for a, ia in enumerate(free):
-                for b in range(a, n_free):
-                    ib = free[b]
-                    if ia in dict(fourier) and ib in dict(fourier):
-                        product = weighted * (dict(fourier)[ia] * dict(fourier)[ib])
-                        hessian[a, b] += (scale * complex(np.sum(product, dtype=np.complex128))).real
-        hessian = np.triu(hessian) + np.triu(hessian, 1).T
+            weights = fft.fft2(padded)
+            np.conjugate(weights, out=weights)
+            weights *= spectrum
+            scale = factor_c / n_pixels
+            for (ia, ib), moment in _fourier_moments(weights, grid, fourier).items():
+                value = (scale * moment).real
+                hessian[row[ia], row[ib]] += value
+                if ia != ib:
+                    hessian[row[ib], row[ia]] += value
         diagonal = np.abs(np.diag(gauss_newton)).copy()
         diagonal[diagonal == 0] = 1.0
 
+        try:  # the undamped Newton step, if the Hessian is positive definite
+            np.linalg.cholesky(hessian)
+            newton = np.linalg.solve(hessian, -gradient)
+        except np.linalg.LinAlgError:
+            newton = None
+        size_rad = _step_phase_rad(newton, free, grid, state) if newton is not None else np.inf
+        if size_rad < small_rad:
+            # converged to second order: take the step unchecked and stop
+            state[free] += newton
+            break
         accepted = False
         for _attempt in range(8):
             matrix = hessian + damping * np.diag(diagonal)
@@ -359,7 +455,7 @@ def fit_to_average(
                 break
             trial = state.copy()
             trial[free] += step
-            t_spectrum, t_base, t_model, t_residual, t_cost = evaluate(trial)
+            t_spectrum, t_base, t_ramp, t_residual, t_cost = evaluate(trial)
             if t_cost <= cost:
                 accepted = True
                 break
@@ -367,11 +463,8 @@ def fit_to_average(
         if not accepted:
             break
         improvement = cost - t_cost
-        moved_px = np.abs(trial[2:4] - state[2:4]) / np.asarray(grid.sampling_nm)
-        state, spectrum, base, model, residual, cost = trial, t_spectrum, t_base, t_model, t_residual, t_cost
+        state, spectrum, base, ramp, residual, cost = trial, t_spectrum, t_base, t_ramp, t_residual, t_cost
         damping = damping / 10.0
         if improvement <= tolerance * max(cost, 1e-30) or improvement <= 1e-30:
-            break
-        if not (fit_tilt or fit_defocus) and moved_px.max() < step_tolerance_px:
             break
     return (state, start_error) if return_start_error else state

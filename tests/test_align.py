@@ -190,3 +190,62 @@ def test_average_series_matches_reference_averaging():
     phase -= np.angle(np.mean(np.exp(1j * phase)))
     assert np.sqrt(np.mean(phase**2)) < 0.02
     assert ours.convergence[-1] <= reference.attrs["convergence"][-1] * (1 + 1e-4)
+
+
+def _reference_fit(observed, average_spectrum, start, grid, free):
+    """The least-squares minimum by scipy in double precision, the model computed directly in numpy."""
+    inner = grid.inner
+    spectrum = np.asarray(average_spectrum, dtype=complex)
+    qy = np.fft.fftfreq(grid.shape[0], SAMPLING)[:, None]
+    qx = np.fft.fftfreq(grid.shape[1], SAMPLING)[None, :]
+    y = (np.arange(grid.shape[0]) * SAMPLING)[inner[0], None]
+    x = (np.arange(grid.shape[1]) * SAMPLING)[None, inner[1]]
+    target = observed[inner].astype(complex)
+    # scales that make every parameter move the model by a similar amount
+    scale = np.array([1.0, 1.0, SAMPLING, SAMPLING, 1e-3, 1e-3, 10.0])[free]
+
+    def residual(p):
+        state = np.array(start, dtype=float)
+        state[free] = p * scale
+        phase = 2 * np.pi * (state[2] * qy + state[3] * qx) - np.pi * grid.wavelength_nm * state[6] * (qx**2 + qy**2)
+        model = np.fft.ifft2(spectrum * np.exp(1j * phase))[inner]
+        model = complex(state[0], state[1]) * model * np.exp(2j * np.pi * (state[4] * y + state[5] * x))
+        r = model - target
+        return np.concatenate([r.real.ravel(), r.imag.ravel()])
+
+    found = least_squares(residual, np.asarray(start, dtype=float)[free] / scale, method="lm",
+                          xtol=1e-12, ftol=1e-12, gtol=1e-12).x
+    state = np.array(start, dtype=float)
+    state[free] = found * scale
+    return state, float(np.sum(residual(found) ** 2))
+
+
+@pytest.mark.parametrize("case", ["shift", "shift+tilt", "shift+defocus"])
+def test_fit_matches_a_direct_least_squares_fit(case):
+    """The fast fit ends at the minimum scipy finds on the same cost (noisy wave and noisy average)."""
+    n = 64
+    rng = np.random.default_rng({"shift": 11, "shift+tilt": 12, "shift+defocus": 13}[case])
+    wave = _smooth_wave(n, seed=3, band=0.2)
+    grid = alignment_grid((n, n), SAMPLING, 300.0)
+    truth = initial_state(0.9 * np.exp(0.7j), defocus_nm=30.0 if case == "shift+defocus" else 0.0)
+    truth[2:4] = [0.31, -0.57]
+    if case == "shift+tilt":
+        truth[4:6] = [0.004, -0.006]
+
+    def noise(level):
+        return level * (rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n)))
+
+    observed = (_transformed(wave, truth, grid) + noise(0.1)).astype(np.complex64)
+    average = fft.fft2((wave + noise(0.05)).astype(np.complex64))
+    options = dict(fit_shift=True, fit_tilt=case == "shift+tilt", fit_defocus=case == "shift+defocus")
+    free = [0, 1, 2, 3] + ([4, 5] if options["fit_tilt"] else []) + ([6] if options["fit_defocus"] else [])
+    for start in (initial_state(1.0), truth + np.array([0.02, -0.01, 0.03, -0.02, 0, 0, 2.0])):  # cold, warm
+        start = start.copy()
+        fitted, start_error = fit_to_average(observed, average, start, grid, return_start_error=True, **options)
+        reference, reference_cost = _reference_fit(observed, average, start, grid, free)
+        assert start_error == pytest.approx(model_error(observed, average, start, grid), rel=1e-6)
+        np.testing.assert_allclose(fitted[2:4] / SAMPLING, reference[2:4] / SAMPLING, atol=2e-4)
+        np.testing.assert_allclose(fitted[4:6], reference[4:6], atol=1e-6)  # 2e-4 rad over the image
+        assert fitted[6] == pytest.approx(reference[6], abs=0.01)
+        assert complex(fitted[0], fitted[1]) == pytest.approx(complex(reference[0], reference[1]), abs=2e-4)
+        assert model_error(observed, average, fitted, grid) <= reference_cost * (1 + 1e-5)
