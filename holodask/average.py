@@ -35,7 +35,7 @@ from holodask.align import (
     model_error,
 )
 
-__all__ = ["AverageResult", "average_series", "scheduler_of", "tree_sum"]
+__all__ = ["AverageResult", "average_series", "scheduler_of", "tree_reduce"]
 
 
 @dataclass
@@ -79,24 +79,31 @@ def scheduler_of(client=None):
     return client if client is not None else os.environ.get("HOLODASK_SCHEDULER", "threads")
 
 
-def tree_sum(items: list, split_every: int = 8):
-    """Sum delayed arrays in a tree of ``split_every``-way additions (one delayed)."""
-    items = list(items)
-    if not items:
-        raise ValueError("nothing to sum")
-    while len(items) > 1:
-        items = [
-            delayed(_sum_arrays, pure=True)(*items[i:i + split_every])
-            for i in range(0, len(items), split_every)
+def tree_reduce(parts: list, split_every: int = 8):
+    """Reduce per-frame ``(small_values, array)`` parts in a tree (one delayed).
+
+    The root holds the per-frame small values in frame order and the sum of the
+    arrays. Everything a round needs comes back in one result, so a round is one
+    task per frame plus the few tree nodes, with no selection tasks.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("nothing to reduce")
+    while len(parts) > 1:
+        parts = [
+            delayed(_reduce_parts, pure=True)(*parts[i:i + split_every])
+            for i in range(0, len(parts), split_every)
         ]
-    return items[0]
+    return parts[0]
 
 
-def _sum_arrays(*arrays):
-    total = np.array(arrays[0], dtype=np.complex64, copy=True)
-    for a in arrays[1:]:
-        total += a
-    return total
+def _reduce_parts(*parts):
+    smalls = [value for part in parts for value in part[0]]
+    first = parts[0][1]
+    total = np.array(first, dtype=np.complex64 if np.iscomplexobj(first) else np.float64, copy=True)
+    for part in parts[1:]:
+        total += part[1]
+    return smalls, total
 
 
 def _frame(block: np.ndarray) -> np.ndarray:
@@ -112,13 +119,13 @@ def _reference_task(block, defocus_nm, grid):
     mean = complex(np.mean(wave, dtype=np.complex128))
     factor = mean / abs(mean) if abs(mean) > 0 else 1.0
     state = initial_state(factor, defocus_nm)
-    return state, aligned_spectrum(wave, state, grid)
+    return [state], aligned_spectrum(wave, state, grid)
 
 
 def _first_round_task(block, reference, defocus_nm, grid, fit_shift):
     """Fit a frame to the first frame (shift and factor only); factor made unit."""
     wave = _frame(block)
-    reference_state, reference_spectrum = reference
+    reference_spectrum = reference[1]
     mean = complex(np.mean(wave, dtype=np.complex128))
     factor = mean / abs(mean) if abs(mean) > 0 else 1.0
     state = initial_state(factor, defocus_nm)
@@ -126,7 +133,7 @@ def _first_round_task(block, reference, defocus_nm, grid, fit_shift):
     amplitude = np.hypot(state[0], state[1])
     if amplitude > 0:
         state[0:2] /= amplitude
-    return state, aligned_spectrum(wave, state, grid)
+    return [state], aligned_spectrum(wave, state, grid)
 
 
 def _round_task(block, average_spectrum, state, grid, fit_shift, fit_tilt, fit_defocus):
@@ -136,7 +143,7 @@ def _round_task(block, average_spectrum, state, grid, fit_shift, fit_tilt, fit_d
         wave, average_spectrum, state, grid,
         fit_shift=fit_shift, fit_tilt=fit_tilt, fit_defocus=fit_defocus, return_start_error=True,
     )
-    return state, error, aligned_spectrum(wave, state, grid)
+    return [(state, error)], aligned_spectrum(wave, state, grid)
 
 
 def _final_task(block, average_spectrum, average_wave, state, grid):
@@ -144,14 +151,7 @@ def _final_task(block, average_spectrum, average_wave, state, grid):
     wave = _frame(block)
     error = model_error(wave, average_spectrum, state, grid)
     deviation = average_wave - fft.ifft2(aligned_spectrum(wave, state, grid))
-    return error, (deviation.real**2 + deviation.imag**2).astype(np.float32)
-
-
-def _sum_real(*arrays):
-    total = np.array(arrays[0], dtype=np.float64, copy=True)
-    for a in arrays[1:]:
-        total += a
-    return total
+    return [error], (deviation.real**2 + deviation.imag**2).astype(np.float32)
 
 
 def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
@@ -178,10 +178,6 @@ def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
     if shifts or defocus:
         average = (average * np.exp(1j * phase)).astype(np.complex64)
     return states, average
-
-
-def _getitem(obj, index):
-    return obj[index]
 
 
 # ---------------------------------------------------------------- the rounds
@@ -284,7 +280,6 @@ def average_series(
         stack = hold_stack(stack, scheduler, store_dir)
     blocks = list(stack.to_delayed().ravel())
     grid_d = delayed(grid, pure=True)
-    get = delayed(_getitem, pure=True)
 
     if n_frames == 1:
         raise ValueError("average_series needs at least two frames")
@@ -295,7 +290,7 @@ def average_series(
         delayed(_first_round_task, pure=True)(blocks[i], reference, float(defocus_nm[i]), grid_d, fit_shift)
         for i in range(1, n_frames)
     ]
-    states, total = dask.compute([get(r, 0) for r in results], tree_sum([get(r, 1) for r in results]), scheduler=scheduler)
+    ((states, total),) = dask.compute(tree_reduce(results), scheduler=scheduler)
     states = np.array(states)
     average = total / np.complex64(n_frames)
     convergence: list[float] = []
@@ -309,12 +304,9 @@ def average_series(
             )
             for i in range(n_frames)
         ]
-        new_states, errors, total = dask.compute(
-            [get(r, 0) for r in results], [get(r, 1) for r in results],
-            tree_sum([get(r, 2) for r in results]), scheduler=scheduler,
-        )
-        convergence.append(float(np.sum(errors)))
-        states = np.array(new_states)
+        ((fits, total),) = dask.compute(tree_reduce(results), scheduler=scheduler)
+        convergence.append(float(np.sum([error for _, error in fits])))
+        states = np.array([state for state, _ in fits])
         norm = float(np.mean(np.hypot(states[:, 0], states[:, 1])))
         states[:, 0:2] /= norm
         average = total * np.complex64(norm / n_frames)
@@ -324,10 +316,7 @@ def average_series(
     average_d = delayed(average, pure=True)
     wave_d = delayed(average_wave, pure=True)
     results = [delayed(_final_task, pure=True)(blocks[i], average_d, wave_d, states[i], grid_d) for i in range(n_frames)]
-    deviations = [get(r, 1) for r in results]
-    while len(deviations) > 1:
-        deviations = [delayed(_sum_real, pure=True)(*deviations[i:i + 8]) for i in range(0, len(deviations), 8)]
-    errors, squared = dask.compute([get(r, 0) for r in results], deviations[0], scheduler=scheduler)
+    ((errors, squared),) = dask.compute(tree_reduce(results), scheduler=scheduler)
     errors = np.array(errors, dtype=float)
     convergence.append(float(errors.sum()))
     var = (squared / (n_frames - 1)).astype(np.float32) if variance else None
