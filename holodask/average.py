@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from dataclasses import dataclass, field
 
 import dask
@@ -75,7 +76,6 @@ class AverageResult:
 
 def scheduler_of(client=None):
     """The ``scheduler=`` argument for :func:`dask.compute`: the client, or threads."""
-    import os
     return client if client is not None else os.environ.get("HOLODASK_SCHEDULER", "threads")
 
 
@@ -122,7 +122,7 @@ def _reference_task(block, defocus_nm, grid):
     return [state], aligned_spectrum(wave, state, grid)
 
 
-def _first_round_task(block, reference, defocus_nm, grid, fit_shift):
+def _first_round_task(block, defocus_nm, reference, grid, fit_shift):
     """Fit a frame to the first frame (shift and factor only); factor made unit."""
     wave = _frame(block)
     reference_spectrum = reference[1]
@@ -136,7 +136,7 @@ def _first_round_task(block, reference, defocus_nm, grid, fit_shift):
     return [state], aligned_spectrum(wave, state, grid)
 
 
-def _round_task(block, average_spectrum, state, grid, fit_shift, fit_tilt, fit_defocus):
+def _round_task(block, state, average_spectrum, grid, fit_shift, fit_tilt, fit_defocus):
     """Error of the previous state, new fit, and the (unnormalised) contribution."""
     wave = _frame(block)
     state, error = fit_to_average(
@@ -146,12 +146,36 @@ def _round_task(block, average_spectrum, state, grid, fit_shift, fit_tilt, fit_d
     return [(state, error)], aligned_spectrum(wave, state, grid)
 
 
-def _final_task(block, average_spectrum, average_wave, state, grid):
+def _final_task(block, state, average_spectrum, average_wave, grid):
     """Error against the final average and the squared deviation for the variance."""
     wave = _frame(block)
     error = model_error(wave, average_spectrum, state, grid)
     deviation = average_wave - fft.ifft2(aligned_spectrum(wave, state, grid))
     return [error], (deviation.real**2 + deviation.imag**2).astype(np.float32)
+
+
+def _batch_task(kernel, blocks, values, *shared):
+    """Run a per-frame kernel ``kernel(block, value, *shared)`` on a batch of frames
+    and reduce the batch's parts (see :func:`tree_reduce`) in the same task."""
+    return _reduce_parts(*(kernel(block, value, *shared) for block, value in zip(blocks, values)))
+
+
+def _batch_size(n_frames: int, client=None) -> int:
+    """Frames per task: about four tasks per thread, fewer tasks (and less
+    scheduling) when the series is long."""
+    if client is not None:
+        threads = sum(client.nthreads().values()) or 1
+    else:
+        threads = os.cpu_count() or 1
+    return max(1, n_frames // (4 * threads))
+
+
+def _batched(kernel, blocks, values, shared, batch: int) -> list:
+    """Delayed batch tasks over all frames (frame order kept in the reduction)."""
+    return [
+        delayed(_batch_task, pure=True)(kernel, blocks[i:i + batch], list(values[i:i + batch]), *shared)
+        for i in range(0, len(blocks), batch)
+    ]
 
 
 def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
@@ -286,10 +310,9 @@ def average_series(
 
     # first round: everything against the first frame
     reference = delayed(_reference_task, pure=True)(blocks[0], float(defocus_nm[0]), grid_d)
-    results = [reference] + [
-        delayed(_first_round_task, pure=True)(blocks[i], reference, float(defocus_nm[i]), grid_d, fit_shift)
-        for i in range(1, n_frames)
-    ]
+    batch = _batch_size(n_frames, client)
+    results = [reference] + _batched(_first_round_task, blocks[1:], [float(d) for d in defocus_nm[1:]],
+                                     (reference, grid_d, fit_shift), batch)
     ((states, total),) = dask.compute(tree_reduce(results), scheduler=scheduler)
     states = np.array(states)
     average = total / np.complex64(n_frames)
@@ -298,12 +321,8 @@ def average_series(
     for iteration in range(iterations):
         average_d = delayed(average, pure=True)
         fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)
-        results = [
-            delayed(_round_task, pure=True)(
-                blocks[i], average_d, states[i], grid_d, fit_shift, fit_tilt, fit_defocus_now
-            )
-            for i in range(n_frames)
-        ]
+        results = _batched(_round_task, blocks, states,
+                           (average_d, grid_d, fit_shift, fit_tilt, fit_defocus_now), batch)
         ((fits, total),) = dask.compute(tree_reduce(results), scheduler=scheduler)
         convergence.append(float(np.sum([error for _, error in fits])))
         states = np.array([state for state, _ in fits])
@@ -315,7 +334,7 @@ def average_series(
     average_wave = fft.ifft2(average).astype(np.complex64)
     average_d = delayed(average, pure=True)
     wave_d = delayed(average_wave, pure=True)
-    results = [delayed(_final_task, pure=True)(blocks[i], average_d, wave_d, states[i], grid_d) for i in range(n_frames)]
+    results = _batched(_final_task, blocks, states, (average_d, wave_d, grid_d), batch)
     ((errors, squared),) = dask.compute(tree_reduce(results), scheduler=scheduler)
     errors = np.array(errors, dtype=float)
     convergence.append(float(errors.sum()))
