@@ -428,6 +428,14 @@ def _check_list(name: str, value: Any, what: str) -> list:
     return list(value)
 
 
+def _check_pair(name: str, value: Any, what: str) -> list:
+    """A list of exactly two items (checked further by the caller)."""
+    pair = _check_list(name, value, what)
+    if len(pair) != 2:
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(pair)}")
+    return pair
+
+
 def _check_roi(name: str, value: Any) -> tuple[int, int, int, int]:
     what = "[left, top, right, bottom]: four integers with 0 <= left < right and 0 <= top < bottom"
     items = _check_list(name, value, what)
@@ -768,11 +776,7 @@ def parse_parameters(
             "centred FFT of the holograms"
         )
     sideband_what = "[x, y]: two numbers (pixel position in the centred FFT)"
-    sideband = _check_list("sideband_pos", given["sideband_pos"], sideband_what)
-    if len(sideband) != 2:
-        raise ParameterError(
-            f"parameter 'sideband_pos' must be {sideband_what}, got {_show(sideband)}"
-        )
+    sideband = _check_pair("sideband_pos", given["sideband_pos"], sideband_what)
     values["sideband_pos_px"] = tuple(
         _check_number("sideband_pos", v, sideband_what) for v in sideband
     )
@@ -827,11 +831,7 @@ def parse_parameters(
     values["camera_distortions"] = None
     if "camera_distortions" in given:
         what = "[x-file, y-file]: two file names"
-        pair = _check_list("camera_distortions", given["camera_distortions"], what)
-        if len(pair) != 2:
-            raise ParameterError(
-                f"parameter 'camera_distortions' must be {what}, got {_show(pair)}"
-            )
+        pair = _check_pair("camera_distortions", given["camera_distortions"], what)
         values["camera_distortions"] = tuple(
             _check_spec("camera_distortions", p, base) for p in pair
         )

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import least_squares
 
+from waves import smooth_wave
 from holodask import fft
 from holodask.align import (
     aligned_spectrum,
@@ -25,13 +26,7 @@ SAMPLING = 0.5
 
 
 def _smooth_wave(n: int, seed: int = 0, band: float = 0.1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    k = np.fft.fftfreq(n)
-    inside = (k[:, None] ** 2 + k[None, :] ** 2) < band**2
-    spectrum = np.zeros((n, n), complex)
-    spectrum[inside] = rng.normal(size=inside.sum()) + 1j * rng.normal(size=inside.sum())
-    field = np.fft.ifft2(spectrum)
-    return (1 + 0.2 * field.imag / np.abs(field.imag).max()) * np.exp(2j * field.real / np.abs(field.real).max())
+    return smooth_wave(n, seed, band, phase_rad=2.0)
 
 
 def _transformed(wave: np.ndarray, state: np.ndarray, grid) -> np.ndarray:

@@ -7,6 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
+from waves import smooth_wave
 from holodask import fft
 from holodask.errors import ParameterError
 from holodask.optics import (
@@ -19,19 +20,6 @@ from holodask.optics import (
 )
 from holodask.params import FilterSpec, MtfTerm
 from holodask.reconstruct import extract_roi, moved_roi, reconstruct_hologram, sideband_geometry
-
-
-def _smooth_wave(n: int, seed: int = 0, band: float = 0.06) -> np.ndarray:
-    """A smooth complex wave with phase of order 1 rad, band-limited to ``band`` cycles/px."""
-    rng = np.random.default_rng(seed)
-    k = np.fft.fftfreq(n)
-    inside = (k[:, None] ** 2 + k[None, :] ** 2) < band**2
-    spectrum = np.zeros((n, n), complex)
-    spectrum[inside] = rng.normal(size=inside.sum()) + 1j * rng.normal(size=inside.sum())
-    field = np.fft.ifft2(spectrum)
-    phase = 1.5 * field.real / np.abs(field.real).max()
-    amplitude = 1.0 + 0.2 * field.imag / np.abs(field.imag).max()
-    return amplitude * np.exp(1j * phase)
 
 
 def _hologram(wave: np.ndarray, carrier_px, contrast: float = 0.5) -> np.ndarray:
@@ -60,7 +48,7 @@ def _direct_reconstruction(frame, sampling, carrier, out_size, cut_off, mask_kin
 @pytest.mark.parametrize("kind, order", [("EDGE", None), ("GAUSSIAN", None), ("BUTTERWORTH", 8)])
 def test_reconstruction_equals_direct_computation(kind, order):
     n, size, sampling = 128, 64, 0.5
-    frame = _hologram(_smooth_wave(n), (32, 16))
+    frame = _hologram(smooth_wave(n), (32, 16))
     carrier = carrier_per_nm((n // 2 + 32, n // 2 + 16), (n, n), sampling)
     geometry = sideband_geometry((n, n), sampling, carrier, (size, size), np.eye(2) * 0.3**2, FilterSpec(kind, order))
     assert geometry.ramp is None  # integer carrier: no sub-pixel ramp
@@ -72,7 +60,7 @@ def test_reconstruction_equals_direct_computation(kind, order):
 
 def test_reconstruction_recovers_the_wave():
     n, size = 128, 64
-    wave = _smooth_wave(n)
+    wave = smooth_wave(n)
     frame = _hologram(wave, (32, 16))
     geometry = sideband_geometry((n, n), 1.0, carrier_per_nm((96, 80), (n, n), 1.0), (size, size),
                                  np.eye(2) * 0.12**2)
@@ -141,7 +129,7 @@ def test_wavelength_and_carrier():
 
 
 def test_fourier_rescale_round_trip_and_scale():
-    wave = _smooth_wave(32, band=0.1).astype(np.complex64)
+    wave = smooth_wave(32, band=0.1).astype(np.complex64)
     big = fourier_rescale(wave, (64, 48))
     assert big.shape == (64, 48)
     back = fourier_rescale(big, (32, 32)) * (64 * 48) / (32 * 32) * (32 * 32) / (64 * 48)
@@ -152,7 +140,7 @@ def test_fourier_rescale_round_trip_and_scale():
 
 
 def test_propagation_is_reversible_and_sign():
-    wave = _smooth_wave(64).astype(np.complex64)
+    wave = smooth_wave(64).astype(np.complex64)
     there = propagate(wave, 500.0, 300.0, 0.2)
     np.testing.assert_allclose(propagate(there, -500.0, 300.0, 0.2), wave, atol=1e-5)
     q2 = np.fft.fftfreq(64, 0.2)[:, None] ** 2 + np.fft.fftfreq(64, 0.2)[None, :] ** 2
