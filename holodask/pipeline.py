@@ -121,15 +121,17 @@ def _check_finite(frame: np.ndarray, block_info, frame_index, source: str) -> No
         raise DataError(f"{_frame_label(block_info, frame_index)} of {source} holds NaN or Inf pixels")
 
 
-def _align_spectrum_block(block, region, window, frame_index, source, block_info=None):
+def _align_spectrum_frame(block, region, window, label, source):
+    """Windowed spectrum of the alignment region of one raw frame block (1, H, W)."""
     frame = block[0]
-    _check_finite(frame, block_info, frame_index, source)
+    if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
+        raise DataError(f"{label} of {source} holds NaN or Inf pixels")
     left, top, right, bottom = region
-    return window_spectrum(frame[top:bottom, left:right], window)[None]
+    return window_spectrum(frame[top:bottom, left:right], window)
 
 
 def _correlate_block(previous, current, window):
-    dx, dy = correlate_spectra(previous[0], current[0], window)
+    dx, dy = correlate_spectra(previous, current, window)
     return np.array([[dx, dy]], dtype=np.int64)
 
 
@@ -464,14 +466,16 @@ def _raw_alignment(objects: xr.DataArray, params: HoloParams, region, sampling, 
     source = objects.attrs.get("source") or "the object series"
     cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm
     window = correlation_window(shape, sampling, cut_off)
-    spectra = objects.data.map_blocks(
-        _align_spectrum_block, region, window, frame_index, source,
-        chunks=((1,) * n_frames, (window.mask.shape[0],), (window.mask.shape[1],)), dtype=np.complex64,
-    )
-    steps = da.map_blocks(
-        _correlate_block, spectra[:-1], spectra[1:], window,
-        chunks=((1,) * (n_frames - 1), (2,)), drop_axis=2, dtype=np.int64,
-    )
+    # spectra and the correlations of neighbours as plain tasks (no slicing tasks in between)
+    frames = objects.data
+    token = tokenize(frames.name, region, window, source)
+    spectrum_name, step_name = "align-spectrum-" + token, "raw-steps-" + token
+    dsk = {(spectrum_name, k): (_align_spectrum_frame, (frames.name, k, 0, 0), region, window,
+                                f"frame {int(frame_index[k])}", source) for k in range(n_frames)}
+    dsk.update({(step_name, k, 0): (_correlate_block, (spectrum_name, k), (spectrum_name, k + 1), window)
+                for k in range(n_frames - 1)})
+    steps = da.Array(HighLevelGraph.from_collections(step_name, dsk, dependencies=(frames,)), step_name,
+                     chunks=((1,) * (n_frames - 1), (2,)), dtype=np.int64)
     steps = np.asarray(steps.compute(scheduler=scheduler))
     shifts = np.zeros((n_frames, 2), dtype=np.int64)
     shifts[1:] = np.cumsum(steps, axis=0)
