@@ -24,6 +24,8 @@ from pathlib import Path
 
 import dask
 import dask.array as da
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 import numpy as np
 import xarray as xr
 
@@ -119,41 +121,100 @@ def _check_finite(frame: np.ndarray, block_info, frame_index, source: str) -> No
         raise DataError(f"{_frame_label(block_info, frame_index)} of {source} holds NaN or Inf pixels")
 
 
-def _align_spectrum_block(block, region, window, frame_index, source, block_info=None):
+def _align_spectrum_frame(block, region, window, label, source):
+    """Windowed spectrum of the alignment region of one raw frame block (1, H, W)."""
     frame = block[0]
-    _check_finite(frame, block_info, frame_index, source)
+    if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
+        raise DataError(f"{label} of {source} holds NaN or Inf pixels")
     left, top, right, bottom = region
-    return window_spectrum(frame[top:bottom, left:right], window)[None]
+    return window_spectrum(frame[top:bottom, left:right], window)
 
 
 def _correlate_block(previous, current, window):
-    dx, dy = correlate_spectra(previous[0], current[0], window)
+    dx, dy = correlate_spectra(previous, current, window)
     return np.array([[dx, dy]], dtype=np.int64)
 
 
-def _roi_block(block, shifts, roi):
-    return extract_roi(block[0], roi, shifts[0, 0])[None]
+def _roi_block(block, shifts, roi, block_info=None):
+    return extract_roi(block[0], roi, shifts[block_info[0]["chunk-location"][0]])[None]
 
 
-def _saturation_block(block):
+def _saturation_count(block, shift_xy, roi) -> int:
+    """Pixels at the maximum of their integer type in the drift-moved ROI of a raw frame block."""
     frame = block[0]
-    if frame.dtype.kind in "iu":
-        count = int(np.count_nonzero(frame == np.iinfo(frame.dtype).max))
-    else:
-        count = 0
-    return np.array([count], dtype=np.int64)
+    if frame.dtype.kind not in "iu":
+        return 0
+    return int(np.count_nonzero(extract_roi(frame, roi, shift_xy) == np.iinfo(frame.dtype).max))
 
 
-def _reconstruct_block(block, shifts, factor, geometry: SidebandGeometry, big_empty, roi, frame_index, source,
-                       out_shape, block_info=None):
-    frame = block[0]
-    _check_finite(frame, block_info, frame_index, source)
+def _saturation_counts(*counts) -> np.ndarray:
+    return np.array(counts, dtype=np.int64)
+
+
+def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_empty, roi, label, source,
+                       out_shape):
+    """One raw frame block (1, H, W) to its normalised wave (1, ny, nx): ROI, sideband, empty."""
+    frame = extract_roi(block[0], roi, shift_xy)
+    if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
+        raise DataError(f"{label} of {source} holds NaN or Inf pixels")
     wave = reconstruct_hologram(frame, geometry)
     if factor is not None:
-        wave = _normalise_with_factor(wave, factor[0], out_shape)
+        wave = _normalise_with_factor(wave, factor, out_shape)
     elif big_empty is not None:
-        wave = _normalise(wave, big_empty, roi, shifts[0, 0], out_shape)
+        wave = _normalise(wave, big_empty, roi, shift_xy, out_shape)
     return wave[None]
+
+
+def _reconstruction_graph(frames: da.Array, shifts, roi, geometry, big_empty, factor_grid, frame_index, source,
+                          out_shape, client=None):
+    """The reconstructed stack (one task per frame) and the saturation counts of the ROIs.
+
+    One task per frame extracts the drift-moved ROI and reconstructs and
+    normalises it; the saturation count of each ROI is a small task on the same
+    raw frame, gathered by one task. Large constants (the empty wave at camera
+    size, the sideband geometry) are scattered once to every worker with a
+    distributed client and are single keys of the graph otherwise.
+
+    Returns
+    -------
+    (stack, saturation): Dask arrays (N, ny, nx) complex64 and (N,) int64.
+    """
+    n_frames = frames.shape[0]
+    token = tokenize(frames.name, shifts, roi, out_shape, source, frame_index)
+    name = "reconstruct-" + token
+    constants = {"geometry": geometry, "big_empty": big_empty}
+    if client is not None:
+        refs = {k: client.scatter(v, broadcast=True, hash=False) for k, v in constants.items()
+                if isinstance(v, (np.ndarray, SidebandGeometry))}
+    else:
+        refs = {}
+    dsk = {}
+    for key, value in constants.items():
+        if key not in refs:
+            refs[key] = (f"{key}-{token}",)
+            dsk[refs[key]] = value
+    factor_keys = {}
+    shift_list = [tuple(int(v) for v in s) for s in np.asarray(shifts).tolist()]
+    if factor_grid is not None:
+        # 1/empty under each distinct ROI position, computed once and shared by its holograms
+        for shift in shift_list:
+            if shift not in factor_keys:
+                factor_keys[shift] = ("factor-" + token, len(factor_keys))
+                dsk[factor_keys[shift]] = (_normalisation_factor, refs["big_empty"], roi, shift, factor_grid)
+    counts_name = "saturation-" + token
+    count_dsk = {}
+    for k, shift in enumerate(shift_list):
+        frame_key = (frames.name, k, 0, 0)
+        dsk[(name, k, 0, 0)] = (_reconstruct_frame, frame_key, shift, factor_keys.get(shift), refs["geometry"],
+                                None if factor_keys else refs["big_empty"], roi,
+                                f"frame {int(frame_index[k])}", source, out_shape)
+        count_dsk[("count-" + token, k)] = (_saturation_count, frame_key, shift, roi)
+    count_dsk[(counts_name, 0)] = (_saturation_counts, *[("count-" + token, k) for k in range(n_frames)])
+    stack = da.Array(HighLevelGraph.from_collections(name, dsk, dependencies=(frames,)), name,
+                     chunks=((1,) * n_frames, (out_shape[0],), (out_shape[1],)), dtype=np.complex64)
+    saturation = da.Array(HighLevelGraph.from_collections(counts_name, count_dsk, dependencies=(frames,)),
+                          counts_name, chunks=((n_frames,),), dtype=np.int64)
+    return stack, saturation
 
 
 def _factor_grid(roi_shape, out_shape) -> tuple[int, int] | None:
@@ -405,14 +466,16 @@ def _raw_alignment(objects: xr.DataArray, params: HoloParams, region, sampling, 
     source = objects.attrs.get("source") or "the object series"
     cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm
     window = correlation_window(shape, sampling, cut_off)
-    spectra = objects.data.map_blocks(
-        _align_spectrum_block, region, window, frame_index, source,
-        chunks=((1,) * n_frames, (window.mask.shape[0],), (window.mask.shape[1],)), dtype=np.complex64,
-    )
-    steps = da.map_blocks(
-        _correlate_block, spectra[:-1], spectra[1:], window,
-        chunks=((1,) * (n_frames - 1), (2,)), drop_axis=2, dtype=np.int64,
-    )
+    # spectra and the correlations of neighbours as plain tasks (no slicing tasks in between)
+    frames = objects.data
+    token = tokenize(frames.name, region, window, source)
+    spectrum_name, step_name = "align-spectrum-" + token, "raw-steps-" + token
+    dsk = {(spectrum_name, k): (_align_spectrum_frame, (frames.name, k, 0, 0), region, window,
+                                f"frame {int(frame_index[k])}", source) for k in range(n_frames)}
+    dsk.update({(step_name, k, 0): (_correlate_block, (spectrum_name, k), (spectrum_name, k + 1), window)
+                for k in range(n_frames - 1)})
+    steps = da.Array(HighLevelGraph.from_collections(step_name, dsk, dependencies=(frames,)), step_name,
+                     chunks=((1,) * (n_frames - 1), (2,)), dtype=np.int64)
     steps = np.asarray(steps.compute(scheduler=scheduler))
     shifts = np.zeros((n_frames, 2), dtype=np.int64)
     shifts[1:] = np.cumsum(steps, axis=0)
@@ -530,12 +593,7 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
     binning = int(objects.attrs.get("binning") or 1)
 
     shifts = _raw_alignment(objects, params, align_region, sampling, scheduler)
-    shifts_da = da.from_array(shifts.reshape(n_frames, 1, 2), chunks=(1, 1, 2))
     roi_shape = (roi[3] - roi[1], roi[2] - roi[0])
-    rois = da.map_blocks(
-        _roi_block, objects.data, shifts_da, roi,
-        chunks=((1,) * n_frames, (roi_shape[0],), (roi_shape[1],)), dtype=objects.dtype,
-    )
     base_attrs = dict(
         voltage_kV=voltage, binning=binning, microscope=objects.attrs.get("microscope"),
         detector=objects.attrs.get("detector"), roi=roi,
@@ -547,6 +605,9 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         attrs = standard_attrs(params, sampling_nm=sampling, offset_nm=(roi[0] * sampling, roi[1] * sampling),
                                **base_attrs)
         attrs.update(raw_attrs)
+        rois = objects.data.map_blocks(
+            _roi_block, shifts, roi, chunks=((1,) * n_frames, (roi_shape[0],), (roi_shape[1],)), dtype=objects.dtype,
+        )
         out.write_frames("aligned_rois", _frames(rois, scheduler), attrs, as_dataset=params.output_series_as_dataset)
     found = {"raw_shift_px": shifts, "frame": frame_index}
     if params.only_align:
@@ -563,24 +624,9 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         e_size = _empty_size(params)
         value = 1.0 if params.only_phase else e_size * e_size / (camera_shape[0] * camera_shape[1])
         big_empty = _ConstantEmpty(value, camera_shape)
-    big_empty_d = dask.delayed(big_empty, pure=True)
     factor_grid = _factor_grid(roi_shape, (size, size)) if isinstance(big_empty, np.ndarray) else None
-    if factor_grid is not None:
-        # 1/empty under each distinct ROI position, computed once and shared by its holograms
-        tasks = {}
-        for shift in map(tuple, shifts.tolist()):
-            if shift not in tasks:
-                tasks[shift] = da.from_delayed(
-                    dask.delayed(_normalisation_factor, pure=True)(big_empty_d, roi, shift, factor_grid),
-                    shape=factor_grid, dtype=np.complex64)[None]
-        factors = da.concatenate([tasks[tuple(s)] for s in shifts.tolist()], axis=0)
-    else:
-        factors = None
-    stack = da.map_blocks(
-        _reconstruct_block, rois, shifts_da, factors, geometry, big_empty_d, roi, frame_index, source, (size, size),
-        chunks=((1,) * n_frames, (size,), (size,)), dtype=np.complex64,
-    )
-    saturation = rois.map_blocks(_saturation_block, chunks=((1,) * n_frames,), drop_axis=(1, 2), dtype=np.int64)
+    stack, saturation = _reconstruction_graph(objects.data, shifts, roi, geometry, big_empty, factor_grid,
+                                              frame_index, source, (size, size), client)
     # one pass over the frames: the stack is held (memory or Zarr store) for the
     # rounds and the saturation counts come along
     started = time.perf_counter()
