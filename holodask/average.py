@@ -170,12 +170,38 @@ def _batch_size(n_frames: int, client=None) -> int:
     return max(1, n_frames // (4 * threads))
 
 
-def _batched(kernel, blocks, values, shared, batch: int) -> list:
-    """Delayed batch tasks over all frames (frame order kept in the reduction)."""
+def _frame_groups(blocks, batch: int, client=None) -> list[list[int]]:
+    """Frame indices in batches of at most ``batch``.
+
+    With a distributed client, the frames of a batch are held by one worker
+    (the stack is persisted there), so that a batch task reads only local data
+    instead of gathering frames from other workers in every round.
+    """
+    n = len(blocks)
+    if client is None:
+        return [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
+    who_has = client.who_has(blocks)
+    by_worker: dict = {}
+    for index, block in enumerate(blocks):
+        holders = who_has.get(block.key) or [None]
+        by_worker.setdefault(sorted(holders)[0], []).append(index)
+    return [indices[i:i + batch] for indices in by_worker.values() for i in range(0, len(indices), batch)]
+
+
+def _batched(kernel, blocks, values, shared, groups) -> list:
+    """Delayed batch tasks, one per group of frame indices (see :func:`_frame_groups`)."""
     return [
-        delayed(_batch_task, pure=True)(kernel, blocks[i:i + batch], list(values[i:i + batch]), *shared)
-        for i in range(0, len(blocks), batch)
+        delayed(_batch_task, pure=True)(kernel, [blocks[i] for i in group], [values[i] for i in group], *shared)
+        for group in groups
     ]
+
+
+def _in_frame_order(values: list, order: list[int]) -> list:
+    """Undo the grouping: ``values[k]`` belongs to frame ``order[k]``."""
+    result = [None] * len(order)
+    for value, index in zip(values, order):
+        result[index] = value
+    return result
 
 
 def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
@@ -311,10 +337,14 @@ def average_series(
     # first round: everything against the first frame
     reference = delayed(_reference_task, pure=True)(blocks[0], float(defocus_nm[0]), grid_d)
     batch = _batch_size(n_frames, client)
-    results = [reference] + _batched(_first_round_task, blocks[1:], [float(d) for d in defocus_nm[1:]],
-                                     (reference, grid_d, fit_shift), batch)
+    first_groups = [[i + 1 for i in group] for group in _frame_groups(blocks[1:], batch, client)]
+    groups = _frame_groups(blocks, batch, client)
+    order = [i for group in groups for i in group]
+    defocus_values = [float(d) for d in defocus_nm]
+    results = [reference] + _batched(_first_round_task, blocks, defocus_values, (reference, grid_d, fit_shift),
+                                     first_groups)
     ((states, total),) = dask.compute(tree_reduce(results), scheduler=scheduler)
-    states = np.array(states)
+    states = np.array(_in_frame_order(states, [0] + [i for group in first_groups for i in group]))
     average = total / np.complex64(n_frames)
     convergence: list[float] = []
 
@@ -322,8 +352,9 @@ def average_series(
         average_d = delayed(average, pure=True)
         fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)
         results = _batched(_round_task, blocks, states,
-                           (average_d, grid_d, fit_shift, fit_tilt, fit_defocus_now), batch)
+                           (average_d, grid_d, fit_shift, fit_tilt, fit_defocus_now), groups)
         ((fits, total),) = dask.compute(tree_reduce(results), scheduler=scheduler)
+        fits = _in_frame_order(fits, order)
         convergence.append(float(np.sum([error for _, error in fits])))
         states = np.array([state for state, _ in fits])
         norm = float(np.mean(np.hypot(states[:, 0], states[:, 1])))
@@ -334,9 +365,9 @@ def average_series(
     average_wave = fft.ifft2(average).astype(np.complex64)
     average_d = delayed(average, pure=True)
     wave_d = delayed(average_wave, pure=True)
-    results = _batched(_final_task, blocks, states, (average_d, wave_d, grid_d), batch)
+    results = _batched(_final_task, blocks, states, (average_d, wave_d, grid_d), groups)
     ((errors, squared),) = dask.compute(tree_reduce(results), scheduler=scheduler)
-    errors = np.array(errors, dtype=float)
+    errors = np.array(_in_frame_order(errors, order), dtype=float)
     convergence.append(float(errors.sum()))
     var = (squared / (n_frames - 1)).astype(np.float32) if variance else None
     return AverageResult(average_wave, var, states, errors, convergence)
