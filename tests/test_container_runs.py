@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-h5py = pytest.importorskip("h5py")
-json5 = pytest.importorskip("json5")
-tifffile = pytest.importorskip("tifffile")
+import h5py
+import json5
+import tifffile
 
 from holodask.cli import main  # noqa: E402
 from holodask.errors import ParameterError  # noqa: E402

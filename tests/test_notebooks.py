@@ -22,8 +22,6 @@ def test_notebooks_are_present_and_stripped():
 def test_notebook_executes(path, tmp_path):
     from nbclient import NotebookClient
 
-    pytest.importorskip("holodask.pipeline", reason="the pipeline is not part of this build yet")
-
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()

@@ -14,8 +14,8 @@ import dask.array as da
 import numpy as np
 import pytest
 
-h5py = pytest.importorskip("h5py")
-json5 = pytest.importorskip("json5")
+import h5py
+import json5
 
 from holodask.cli import main  # noqa: E402
 from holodask.errors import ParameterError  # noqa: E402

@@ -27,11 +27,9 @@ pytestmark = pytest.mark.reference
 if importlib.util.find_spec("holoaverage") is None:  # pragma: no cover
     pytest.skip("the reference program holoaverage is not importable", allow_module_level=True)
 
-h5py = pytest.importorskip("h5py")
-json5 = pytest.importorskip("json5")
-simulate = pytest.importorskip("holodask.simulate", reason="holodask.simulate not merged yet")
-holo_hdf5 = pytest.importorskip("holodask.io.holo_hdf5", reason="holodask.io.holo_hdf5 not merged yet")
-pytest.importorskip("holodask.series", reason="holodask.series not merged yet")
+import h5py
+from simulated import simulated_params
+from holodask.io import holo_hdf5
 
 from holodask.pipeline import run as run_pipeline  # noqa: E402
 
@@ -108,11 +106,7 @@ def _truth_errors(ours_path: Path, reference_path: Path, series, params: dict) -
 
 
 def _simulated(folder: Path, **kwargs):
-    kwargs = {"n_frames": 4, "size_px": 128, "object_size_px": 64, "seed": 3, **kwargs}
-    series = simulate.simulate_series(folder, **kwargs)
-    params = json5.loads(Path(series.params_path).read_text())
-    params["path"] = str(folder)
-    return series, params
+    return simulated_params(folder, {"n_frames": 4, "size_px": 128, "object_size_px": 64, "seed": 3}, **kwargs)
 
 
 #: name -> (simulation, parameter changes, oracle). Noisy series without drift run

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-h5py = pytest.importorskip("h5py")
-json5 = pytest.importorskip("json5")
-simulate = pytest.importorskip("holodask.simulate", reason="holodask.simulate not merged yet")
-holo_hdf5 = pytest.importorskip("holodask.io.holo_hdf5", reason="holodask.io.holo_hdf5 not merged yet")
+import h5py
+from simulated import simulated_params
+from holodask.io import holo_hdf5
 
 from holodask.errors import DataError, HolodaskError, InputFileError, ParameterError  # noqa: E402
 from holodask.optics import fourier_rescale  # noqa: E402
@@ -21,11 +20,7 @@ from holodask.pipeline import run  # noqa: E402
 
 
 def _simulate(folder: Path, **kwargs):
-    kwargs = {"n_frames": 3, "size_px": 128, "object_size_px": 64, "seed": 1, **kwargs}
-    series = simulate.simulate_series(folder, **kwargs)
-    params = json5.loads(Path(series.params_path).read_text())
-    params["path"] = str(folder)
-    return series, params
+    return simulated_params(folder, {"n_frames": 3, "size_px": 128, "object_size_px": 64, "seed": 1}, **kwargs)
 
 
 def _write(folder: Path, params: dict, name: str = "params.json") -> Path:

@@ -112,8 +112,7 @@ def test_workers_run_in_slurm_jobs_and_jobs_are_cancelled(slurm_partition, tmp_p
 
 def test_holodask_run_on_slurm_matches_threads(slurm_partition, tmp_path):
     """End to end: ``holodask run --cluster slurm`` gives the threaded scheduler's result."""
-    pytest.importorskip("holodask.pipeline", reason="holodask.pipeline is not written yet")
-    simulate = pytest.importorskip("holodask.simulate", reason="holodask.simulate is not written yet")
+    from holodask import simulate
     from holodask.results import open_result
 
     from holodask.params import parse_parameter_text
