@@ -44,7 +44,7 @@ import numpy as np
 import xarray as xr
 
 from holodask.errors import HolodaskError
-from holodask.stats import removed_count, repair_outliers, trimmed_background
+from holodask.stats import repair_outliers, trimmed_background
 
 __all__ = ["MIN_FRAMES", "TRIM_PERCENT", "outlier_trim_percent", "repair_frame", "repair_series",
            "write_outlier_counts"]

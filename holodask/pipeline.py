@@ -22,7 +22,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import dask.array as da
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
@@ -34,12 +33,12 @@ from holodask import average as average_module
 from holodask.average import average_series, current_store_dir, scheduler_of
 from holodask.errors import DataError, HolodaskError, InputFileError, ParameterError
 from holodask import fft
-from holodask.optics import carrier_per_nm, fourier_downsample, fourier_rescale, fourier_upsample, propagate
+from holodask.optics import carrier_per_nm, fourier_rescale, propagate
 from holodask.params import HoloParams, load_parameters
+from holodask.normalise import ConstantEmpty, factor_grid, normalisation_factor, normalise, normalise_with_factor
 from holodask.reconstruct import (
     SidebandGeometry,
     extract_roi,
-    moved_roi,
     reconstruct_hologram,
     sideband_geometry,
 )
@@ -159,9 +158,9 @@ def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_
         raise DataError(f"{label} of {source} holds NaN or Inf pixels")
     wave = reconstruct_hologram(frame, geometry)
     if factor is not None:
-        wave = _normalise_with_factor(wave, factor, out_shape)
+        wave = normalise_with_factor(wave, factor, out_shape)
     elif big_empty is not None:
-        wave = _normalise(wave, big_empty, roi, shift_xy, out_shape)
+        wave = normalise(wave, big_empty, roi, shift_xy, out_shape)
     return wave[None]
 
 
@@ -200,7 +199,7 @@ def _reconstruction_graph(frames: da.Array, shifts, roi, geometry, big_empty, fa
         for shift in shift_list:
             if shift not in factor_keys:
                 factor_keys[shift] = ("factor-" + token, len(factor_keys))
-                dsk[factor_keys[shift]] = (_normalisation_factor, refs["big_empty"], roi, shift, factor_grid)
+                dsk[factor_keys[shift]] = (normalisation_factor, refs["big_empty"], roi, shift, factor_grid)
     counts_name = "saturation-" + token
     count_dsk = {}
     for k, shift in enumerate(shift_list):
@@ -215,87 +214,6 @@ def _reconstruction_graph(frames: da.Array, shifts, roi, geometry, big_empty, fa
     saturation = da.Array(HighLevelGraph.from_collections(counts_name, count_dsk, dependencies=(frames,)),
                           counts_name, chunks=((n_frames,),), dtype=np.int64)
     return stack, saturation
-
-
-def _factor_grid(roi_shape, out_shape) -> tuple[int, int] | None:
-    """Grid of :func:`_normalisation_factor`: twice the output size, if the ROI is that large."""
-    grid = (2 * int(out_shape[0]), 2 * int(out_shape[1]))
-    return grid if roi_shape[0] >= grid[0] and roi_shape[1] >= grid[1] else None
-
-
-def _normalisation_factor(big_empty: np.ndarray, roi, shift_xy, grid) -> np.ndarray:
-    """1 / (empty wave under the drift-moved ROI), Fourier-resampled to ``grid``.
-
-    Divides where the ROI lies on the camera, 1 elsewhere (as the reference).
-    Scaled so that it multiplies Fourier-interpolated values.
-    """
-    left, top, right, bottom = moved_roi(roi, shift_xy)
-    roi_shape = (bottom - top, right - left)
-    inverse = np.ones(roi_shape, dtype=np.complex64)
-    height, width = big_empty.shape
-    y0, x0 = max(0, top), max(0, left)
-    y1, x1 = min(height, bottom), min(width, right)
-    if y1 > y0 and x1 > x0:
-        inverse[y0 - top:y1 - top, x0 - left:x1 - left] = 1.0 / big_empty[y0:y1, x0:x1]
-    scale = np.float32(grid[0] * grid[1] / (roi_shape[0] * roi_shape[1]))
-    return (fourier_downsample(inverse, grid) * scale).astype(np.complex64)
-
-
-def _normalise_with_factor(wave: np.ndarray, factor: np.ndarray, out_shape) -> np.ndarray:
-    """The reference's normalisation (see :func:`_normalise`) on a grid of twice the size.
-
-    Fourier-interpolating to the ROI size, dividing by the empty wave there and
-    cropping the spectrum back keeps, of the quotient's spectrum, only the
-    output frequencies; they are sums of products of the wave's frequencies
-    (|f| < n/2) with those of 1/empty at differences |f| < n. A grid of 2n
-    holds all of them without aliasing, so multiplying there by 1/empty
-    resampled to it (one ROI-size transform per distinct raw shift, not two per
-    hologram) gives the same numbers.
-    """
-    big = fourier_upsample(wave, factor.shape)
-    big *= factor
-    return fourier_downsample(big, out_shape).astype(np.complex64)
-
-
-@dataclass(frozen=True)
-class _ConstantEmpty:
-    """An empty wave that is one value everywhere (no empty given), at the camera size."""
-
-    value: complex
-    shape: tuple[int, int]
-
-
-def _normalise(wave, big_empty, roi, shift_xy, out_shape):
-    """Divide a reconstruction by the empty wave under its drift-moved ROI.
-
-    As the reference: Fourier-interpolate to the ROI size, divide where the ROI
-    lies on the camera, Fourier-interpolate back. For a constant empty wave and
-    a ROI inside the image that is a division and, for even sizes, the loss of
-    the Nyquist frequencies (the interpolation keeps ``2*((n-1)//2)+1`` of them),
-    computed here without going through the ROI size.
-    """
-    left, top, right, bottom = moved_roi(roi, shift_xy)
-    roi_shape = (bottom - top, right - left)
-    if isinstance(big_empty, _ConstantEmpty):
-        height, width = big_empty.shape
-        if left >= 0 and top >= 0 and right <= width and bottom <= height and wave.shape == tuple(out_shape):
-            ny, nx = wave.shape
-            if ny % 2 == 0 or nx % 2 == 0:
-                spectrum = fft.fft2(wave)
-                if ny % 2 == 0 and roi_shape[0] >= ny:
-                    spectrum[ny // 2, :] = 0
-                if nx % 2 == 0 and roi_shape[1] >= nx:
-                    spectrum[:, nx // 2] = 0
-                wave = fft.ifft2(spectrum)
-            return (wave / np.complex64(big_empty.value)).astype(np.complex64)
-        big_empty = np.full(big_empty.shape, big_empty.value, dtype=np.complex64)
-    big = fourier_upsample(wave, roi_shape)
-    height, width = big_empty.shape
-    y0, x0 = max(0, top), max(0, left)
-    y1, x1 = min(height, bottom), min(width, right)
-    if y1 > y0 and x1 > x0:
-        big[y0 - top:y1 - top, x0 - left:x1 - left] /= big_empty[y0:y1, x0:x1]
-    return fourier_downsample(big, out_shape).astype(np.complex64)
 
 
 def _reconstruct_empty_block(block, geometry, frame_index, source, block_info=None):
@@ -537,8 +455,8 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
         roi = _check_roi(params.roi, camera_shape, "roi")
         sampling = _sampling(objects, params, "object")
         binning = int(objects.attrs.get("binning") or 1)
-        geometry = _geometry(params, (roi[3] - roi[1], roi[2] - roi[0]), camera_shape, sampling,
-                             int(params.object_size), binning)
+        _geometry(params, (roi[3] - roi[1], roi[2] - roi[0]), camera_shape, sampling,
+                  int(params.object_size), binning)
 
     from holodask.io.qpimage_export import check_run_export, export_run
     from holodask.outliers import repair_series, write_outlier_counts
@@ -623,9 +541,9 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         # the reference divides by a wave of ones brought to the camera size
         e_size = _empty_size(params)
         value = 1.0 if params.only_phase else e_size * e_size / (camera_shape[0] * camera_shape[1])
-        big_empty = _ConstantEmpty(value, camera_shape)
-    factor_grid = _factor_grid(roi_shape, (size, size)) if isinstance(big_empty, np.ndarray) else None
-    stack, saturation = _reconstruction_graph(objects.data, shifts, roi, geometry, big_empty, factor_grid,
+        big_empty = ConstantEmpty(value, camera_shape)
+    doubled_grid = factor_grid(roi_shape, (size, size)) if isinstance(big_empty, np.ndarray) else None
+    stack, saturation = _reconstruction_graph(objects.data, shifts, roi, geometry, big_empty, doubled_grid,
                                               frame_index, source, (size, size), client)
     # one pass over the frames: the stack is held (memory or Zarr store) for the
     # rounds and the saturation counts come along

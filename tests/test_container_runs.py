@@ -11,7 +11,6 @@ list) is the series, with indices 0..N-1.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -215,7 +215,7 @@ def test_command_line_run(tmp_path):
 
 @pytest.mark.parametrize("size, shift", [(32, (0, 0)), (33, (2, -3)), (32, (30, 0))])
 def test_constant_empty_shortcut_equals_the_full_normalisation(size, shift):
-    from holodask.pipeline import _ConstantEmpty, _normalise
+    from holodask.normalise import ConstantEmpty as _ConstantEmpty, normalise as _normalise
 
     rng = np.random.default_rng(0)
     wave = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))).astype(np.complex64)
@@ -230,7 +230,8 @@ def test_constant_empty_shortcut_equals_the_full_normalisation(size, shift):
                                         ((0, 0, 240, 240), (5, -3))])
 def test_normalisation_on_the_double_grid_equals_the_reference_route(roi, shift):
     """Dividing on a grid of twice the output size equals the reference's ROI-size route."""
-    from holodask.pipeline import _factor_grid, _normalisation_factor, _normalise, _normalise_with_factor
+    from holodask.normalise import (factor_grid as _factor_grid, normalisation_factor as _normalisation_factor,
+                                    normalise as _normalise, normalise_with_factor as _normalise_with_factor)
 
     rng = np.random.default_rng(0)
     camera = (240, 250)

@@ -23,7 +23,7 @@ import numpy as np
 
 from holodask.errors import InputFileError
 from holodask.io.imageseries import FRAME_CACHE_KEYS, split_metadata
-from holodask.io.registry import FileSpec, FrameMetadata, StoredHeaderSource, register_reader
+from holodask.io.registry import FileSpec, StoredHeaderSource, register_reader
 
 __all__ = ["FrameCacheSource", "load_yaml_document", "resolve_yaml_meta"]
 

@@ -35,7 +35,6 @@ from holodask.io.framecache import load_yaml_document, resolve_yaml_meta
 from holodask.io.imageseries import split_metadata
 from holodask.io.registry import (
     FileSpec,
-    FrameMetadata,
     StoredHeaderSource,
     open_source,
     register_reader,
@@ -238,7 +237,7 @@ class ImageFilesSource(StoredHeaderSource):
         return frame
 
 
-def open_yaml_container(spec: FileSpec) -> FrameSource:
+def open_yaml_container(spec: FileSpec) -> "FrameSource":
     """Open a ``.yml``/``.yaml`` container by its content.
 
     ``image-files:`` makes an :class:`ImageFilesSource`; ``data:`` with

@@ -1,0 +1,101 @@
+"""Normalisation of reconstructed waves by the empty (vacuum) wave: pure numpy kernels.
+
+The reference divides each reconstruction by the empty wave under the
+hologram's drift-moved ROI, Fourier-interpolating the wave to the ROI size and
+back. :func:`normalise` does exactly that; :func:`normalise_with_factor` gets
+the same numbers on a grid of twice the output size from
+:func:`normalisation_factor` (1/empty resampled once per distinct ROI position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from holodask import fft
+from holodask.optics import fourier_downsample, fourier_upsample
+from holodask.reconstruct import moved_roi
+
+__all__ = ["ConstantEmpty", "factor_grid", "normalisation_factor", "normalise", "normalise_with_factor"]
+
+
+def factor_grid(roi_shape, out_shape) -> tuple[int, int] | None:
+    """Grid of :func:`normalisation_factor`: twice the output size, if the ROI is that large."""
+    grid = (2 * int(out_shape[0]), 2 * int(out_shape[1]))
+    return grid if roi_shape[0] >= grid[0] and roi_shape[1] >= grid[1] else None
+
+
+def normalisation_factor(big_empty: np.ndarray, roi, shift_xy, grid) -> np.ndarray:
+    """1 / (empty wave under the drift-moved ROI), Fourier-resampled to ``grid``.
+
+    Divides where the ROI lies on the camera, 1 elsewhere (as the reference).
+    Scaled so that it multiplies Fourier-interpolated values.
+    """
+    left, top, right, bottom = moved_roi(roi, shift_xy)
+    roi_shape = (bottom - top, right - left)
+    inverse = np.ones(roi_shape, dtype=np.complex64)
+    height, width = big_empty.shape
+    y0, x0 = max(0, top), max(0, left)
+    y1, x1 = min(height, bottom), min(width, right)
+    if y1 > y0 and x1 > x0:
+        inverse[y0 - top:y1 - top, x0 - left:x1 - left] = 1.0 / big_empty[y0:y1, x0:x1]
+    scale = np.float32(grid[0] * grid[1] / (roi_shape[0] * roi_shape[1]))
+    return (fourier_downsample(inverse, grid) * scale).astype(np.complex64)
+
+
+def normalise_with_factor(wave: np.ndarray, factor: np.ndarray, out_shape) -> np.ndarray:
+    """The reference's normalisation (see :func:`normalise`) on a grid of twice the size.
+
+    Fourier-interpolating to the ROI size, dividing by the empty wave there and
+    cropping the spectrum back keeps, of the quotient's spectrum, only the
+    output frequencies; they are sums of products of the wave's frequencies
+    (|f| < n/2) with those of 1/empty at differences |f| < n. A grid of 2n
+    holds all of them without aliasing, so multiplying there by 1/empty
+    resampled to it (one ROI-size transform per distinct raw shift, not two per
+    hologram) gives the same numbers.
+    """
+    big = fourier_upsample(wave, factor.shape)
+    big *= factor
+    return fourier_downsample(big, out_shape).astype(np.complex64)
+
+
+@dataclass(frozen=True)
+class ConstantEmpty:
+    """An empty wave that is one value everywhere (no empty given), at the camera size."""
+
+    value: complex
+    shape: tuple[int, int]
+
+
+def normalise(wave, big_empty, roi, shift_xy, out_shape):
+    """Divide a reconstruction by the empty wave under its drift-moved ROI.
+
+    As the reference: Fourier-interpolate to the ROI size, divide where the ROI
+    lies on the camera, Fourier-interpolate back. For a constant empty wave and
+    a ROI inside the image that is a division and, for even sizes, the loss of
+    the Nyquist frequencies (the interpolation keeps ``2*((n-1)//2)+1`` of them),
+    computed here without going through the ROI size.
+    """
+    left, top, right, bottom = moved_roi(roi, shift_xy)
+    roi_shape = (bottom - top, right - left)
+    if isinstance(big_empty, ConstantEmpty):
+        height, width = big_empty.shape
+        if left >= 0 and top >= 0 and right <= width and bottom <= height and wave.shape == tuple(out_shape):
+            ny, nx = wave.shape
+            if ny % 2 == 0 or nx % 2 == 0:
+                spectrum = fft.fft2(wave)
+                if ny % 2 == 0 and roi_shape[0] >= ny:
+                    spectrum[ny // 2, :] = 0
+                if nx % 2 == 0 and roi_shape[1] >= nx:
+                    spectrum[:, nx // 2] = 0
+                wave = fft.ifft2(spectrum)
+            return (wave / np.complex64(big_empty.value)).astype(np.complex64)
+        big_empty = np.full(big_empty.shape, big_empty.value, dtype=np.complex64)
+    big = fourier_upsample(wave, roi_shape)
+    height, width = big_empty.shape
+    y0, x0 = max(0, top), max(0, left)
+    y1, x1 = min(height, bottom), min(width, right)
+    if y1 > y0 and x1 > x0:
+        big[y0 - top:y1 - top, x0 - left:x1 - left] /= big_empty[y0:y1, x0:x1]
+    return fourier_downsample(big, out_shape).astype(np.complex64)
