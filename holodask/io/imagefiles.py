@@ -35,6 +35,7 @@ from holodask.io.framecache import load_yaml_document, resolve_yaml_meta
 from holodask.io.imageseries import split_metadata
 from holodask.io.registry import (
     FileSpec,
+    FrameSource,
     StoredHeaderSource,
     open_source,
     register_reader,
@@ -237,7 +238,7 @@ class ImageFilesSource(StoredHeaderSource):
         return frame
 
 
-def open_yaml_container(spec: FileSpec) -> "FrameSource":
+def open_yaml_container(spec: FileSpec) -> FrameSource:
     """Open a ``.yml``/``.yaml`` container by its content.
 
     ``image-files:`` makes an :class:`ImageFilesSource`; ``data:`` with
