@@ -13,13 +13,14 @@ sets the default; ``HOLODASK_FFT_BACKEND=scipy`` disables pyFFTW.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
+import sys
 import tempfile
 import threading
 
 import numpy as np
-import scipy.fft
 
 __all__ = [
     "backend",
@@ -38,16 +39,35 @@ __all__ = [
     "import_wisdom",
 ]
 
+#: optional interfaces ``import pyfftw`` loads when it can; they import dask.array and
+#: scipy.fft (about 0.6 s) and holodask does not use them
+_PYFFTW_EXTRAS = ("dask.array.fft", "scipy.fftpack")
+
+
+def _import_pyfftw():
+    """``import pyfftw`` without its dask and scipy interfaces (unless already imported)."""
+    skipped = [name for name in _PYFFTW_EXTRAS if name not in sys.modules]
+    for name in skipped:
+        sys.modules[name] = None  # makes "import name" fail inside pyfftw.interfaces
+    try:
+        import pyfftw
+        import pyfftw.builders
+    finally:
+        for name in skipped:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+    return pyfftw
+
+
 try:  # pragma: no cover - depends on the installation
     if os.environ.get("HOLODASK_FFT_BACKEND", "").lower() == "scipy":
         raise ImportError("disabled by HOLODASK_FFT_BACKEND")
-    import pyfftw
-    import pyfftw.builders
-
+    pyfftw = _import_pyfftw()
     _HAVE_PYFFTW = True
 except ImportError:  # pragma: no cover
     pyfftw = None
     _HAVE_PYFFTW = False
+    import scipy.fft
 
 _fft_threads = max(1, int(os.environ.get("HOLODASK_FFT_THREADS", "1") or 1))
 #: where measured plans are kept between runs ("" or "none": nowhere)
@@ -56,6 +76,7 @@ WISDOM_FILE = os.environ.get(
     os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "holodask", "fftw-wisdom.pickle"),
 )
 _wisdom_loaded = False
+_wisdom_unsaved = False
 _wisdom_lock = threading.Lock()
 _planner_effort = os.environ.get("HOLODASK_FFTW_EFFORT", "FFTW_MEASURE")
 _local = threading.local()
@@ -94,8 +115,10 @@ def _load_wisdom() -> None:
 
 def _save_wisdom() -> None:
     """Keep the plans measured so far for later runs (atomic replace; errors ignored)."""
-    if not WISDOM_FILE or WISDOM_FILE.lower() == "none":
+    global _wisdom_unsaved
+    if not WISDOM_FILE or WISDOM_FILE.lower() == "none" or not _wisdom_unsaved:
         return
+    _wisdom_unsaved = False
     try:
         folder = os.path.dirname(WISDOM_FILE)
         os.makedirs(folder, exist_ok=True)
@@ -126,8 +149,18 @@ def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, ef
         plan = builder(template, **kwargs)
         cache[key] = plan
         if effort != "FFTW_ESTIMATE":
-            _save_wisdom()
+            _note_new_wisdom()
     return plan
+
+
+def _note_new_wisdom() -> None:
+    """Remember that there are new plans; they are saved once, when the process ends."""
+    global _wisdom_unsaved
+    _wisdom_unsaved = True
+
+
+if _HAVE_PYFFTW:
+    atexit.register(_save_wisdom)
 
 
 def prepare(kind: str, shape, out_shape=None, axis=None) -> None:
