@@ -20,12 +20,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import uuid
 from dataclasses import dataclass, field
 
-import dask
-import dask.array as da
 import numpy as np
-from dask import delayed
 
 from holodask import fft
 from holodask.align import (
@@ -36,7 +34,8 @@ from holodask.align import (
     model_error,
 )
 
-__all__ = ["AverageResult", "average_series", "scheduler_of", "tree_reduce"]
+__all__ = ["AverageResult", "HeldFrames", "StoredFrame", "average_series", "compute_graph", "hold_frames",
+           "scheduler_of", "stack_store", "tree_reduce"]
 
 
 @dataclass
@@ -79,6 +78,24 @@ def scheduler_of(client=None):
     return client if client is not None else os.environ.get("HOLODASK_SCHEDULER", "threads")
 
 
+def compute_graph(dsk: dict, keys: list, client=None) -> list:
+    """Values of ``keys`` in the raw task graph ``dsk``.
+
+    With a distributed client on its cluster; otherwise with Dask's threaded
+    scheduler (``HOLODASK_SCHEDULER=sync``: the single-threaded one, for
+    debugging).
+    """
+    if client is not None:
+        return client.get(dsk, keys)
+    if scheduler_of(None) in ("sync", "synchronous", "single-threaded"):
+        from dask.local import get_sync
+
+        return get_sync(dsk, keys)
+    from dask.threaded import get
+
+    return get(dsk, keys)
+
+
 def tree_reduce(parts: list, split_every: int = 8):
     """Reduce per-frame ``(small_values, array)`` parts in a tree (one delayed).
 
@@ -86,6 +103,8 @@ def tree_reduce(parts: list, split_every: int = 8):
     arrays. Everything a round needs comes back in one result, so a round is one
     task per frame plus the few tree nodes, with no selection tasks.
     """
+    from dask import delayed
+
     parts = list(parts)
     if not parts:
         raise ValueError("nothing to reduce")
@@ -95,6 +114,20 @@ def tree_reduce(parts: list, split_every: int = 8):
             for i in range(0, len(parts), split_every)
         ]
     return parts[0]
+
+
+def _tree_reduce_graph(dsk: dict, keys: list, name: str, split_every: int = 8):
+    """Add the reduction of ``keys`` (``(small_values, array)`` parts) to ``dsk``; the root key."""
+    level = 0
+    while len(keys) > 1:
+        level += 1
+        reduced = []
+        for i in range(0, len(keys), split_every):
+            key = (name, level, i // split_every)
+            dsk[key] = (_reduce_parts, *keys[i:i + split_every])
+            reduced.append(key)
+        keys = reduced
+    return keys[0]
 
 
 def _reduce_parts(*parts):
@@ -157,7 +190,116 @@ def _final_task(block, state, average_spectrum, average_wave, grid):
 def _batch_task(kernel, blocks, values, *shared):
     """Run a per-frame kernel ``kernel(block, value, *shared)`` on a batch of frames
     and reduce the batch's parts (see :func:`tree_reduce`) in the same task."""
-    return _reduce_parts(*(kernel(block, value, *shared) for block, value in zip(blocks, values)))
+    return _reduce_parts(*(kernel(_load(block), value, *shared) for block, value in zip(blocks, values)))
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """Frame ``index`` of a Zarr array at ``store`` (read where a task runs)."""
+
+    store: str
+    index: int
+
+    def load(self) -> np.ndarray:
+        import zarr
+
+        return np.asarray(zarr.open_array(store=self.store, mode="r")[self.index])
+
+
+def _load(block):
+    return block.load() if isinstance(block, StoredFrame) else block
+
+
+@dataclass
+class HeldFrames:
+    """The reconstructed frames kept for the averaging rounds.
+
+    ``items[k]`` is frame ``k``: a numpy array (threads), a
+    :class:`distributed.Future` of it (on a worker, which spills to disk under
+    memory pressure) or a :class:`StoredFrame` (``--scratch``: a Zarr store).
+    """
+
+    items: list
+    client: object = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def frame(self, k: int) -> np.ndarray:
+        """Frame ``k`` here (for writing it)."""
+        item = self.items[k]
+        if self.client is not None and not isinstance(item, (np.ndarray, StoredFrame)):
+            item = item.result()
+        return np.asarray(_load(item))
+
+
+def _store_frame(block, store: str, index: int):
+    """Write a frame block (1, ny, nx) into the Zarr array; its :class:`StoredFrame`."""
+    import zarr
+
+    zarr.open_array(store=store, mode="r+")[index] = block[0] if block.ndim == 3 else block
+    return StoredFrame(store, index)
+
+
+def _first_of_block(block):
+    return block[0] if block.ndim == 3 else block
+
+
+def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, also=()):
+    """Compute the frames ``keys`` of graph ``dsk`` once and keep them for the rounds.
+
+    Without ``store_dir`` they stay in this process's memory (threads) or on
+    the workers that computed them (distributed, as futures). With
+    ``store_dir`` each frame is written into a Zarr array there where it is
+    computed (one frame per chunk) and read back in every round, so memory
+    stays bounded whatever the number of frames; the caller removes the folder.
+
+    ``also``: keys of further (small) values computed in the same pass.
+    Returns ``(HeldFrames, [values of also])``.
+    """
+    dsk = dict(dsk)
+    n_frames = len(keys)
+    name = "held-" + uuid.uuid4().hex
+    if store_dir is not None:
+        import tempfile
+
+        import zarr
+
+        store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
+        zarr.open_array(store=store, mode="w", shape=(n_frames, *shape), chunks=(1, *shape), dtype=np.complex64)
+        for k, key in enumerate(keys):
+            dsk[(name, k)] = (_store_frame, key, store, k)
+    else:
+        for k, key in enumerate(keys):
+            dsk[(name, k)] = (_first_of_block, key)
+    held_keys = [(name, k) for k in range(n_frames)]
+    if client is None:
+        values = compute_graph(dsk, held_keys + list(also))
+        return HeldFrames(list(values[:n_frames])), list(values[n_frames:])
+    futures = client.get(dsk, held_keys + list(also), sync=False)
+    _follow(futures, client)
+    values = client.gather(futures[n_frames:])
+    if store_dir is not None:
+        return HeldFrames(client.gather(futures[:n_frames]), client), list(values)
+    return HeldFrames(list(futures[:n_frames]), client), list(values)
+
+
+def _follow(futures, client) -> None:
+    """Wait for futures, with the progress bar of the current context if it shows one."""
+    from distributed import wait
+
+    from holodask.cluster import progress_enabled
+
+    if progress_enabled():
+        import contextlib
+        import sys
+
+        from distributed import progress
+
+        with contextlib.redirect_stdout(sys.stderr):
+            progress(futures, notebook=False, multi=False)
+            print(file=sys.stderr)
+    wait(futures)
 
 
 def _batch_size(n_frames: int, client=None) -> int:
@@ -170,30 +312,58 @@ def _batch_size(n_frames: int, client=None) -> int:
     return max(1, n_frames // (4 * threads))
 
 
-def _frame_groups(blocks, batch: int, client=None) -> list[list[int]]:
+def _frame_groups(held: HeldFrames, indices: list[int], batch: int) -> list[list[int]]:
     """Frame indices in batches of at most ``batch``.
 
-    With a distributed client, the frames of a batch are held by one worker
-    (the stack is persisted there), so that a batch task reads only local data
-    instead of gathering frames from other workers in every round.
+    With a distributed client, the frames of a batch are held by one worker,
+    so that a batch task reads only local data instead of gathering frames
+    from other workers in every round.
     """
-    n = len(blocks)
-    if client is None:
-        return [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
-    who_has = client.who_has(blocks)
+    if held.client is None or not indices or isinstance(held.items[0], (np.ndarray, StoredFrame)):
+        return [indices[i:i + batch] for i in range(0, len(indices), batch)]
+    who_has = held.client.who_has([held.items[i] for i in indices])
     by_worker: dict = {}
-    for index, block in enumerate(blocks):
-        holders = who_has.get(block.key) or [None]
+    for index in indices:
+        holders = who_has.get(held.items[index].key) or [None]
         by_worker.setdefault(sorted(holders)[0], []).append(index)
-    return [indices[i:i + batch] for indices in by_worker.values() for i in range(0, len(indices), batch)]
+    return [group[i:i + batch] for group in by_worker.values() for i in range(0, len(group), batch)]
 
 
-def _batched(kernel, blocks, values, shared, groups) -> list:
-    """Delayed batch tasks, one per group of frame indices (see :func:`_frame_groups`)."""
-    return [
-        delayed(_batch_task, pure=True)(kernel, [blocks[i] for i in group], [values[i] for i in group], *shared)
-        for group in groups
-    ]
+class _Rounds:
+    """Runs the batch tasks of one averaging round and reduces them (one result)."""
+
+    def __init__(self, held: HeldFrames):
+        self.held = held
+        self.client = held.client
+        self._shared: dict = {}
+
+    def share(self, value):
+        """A large constant of the rounds: scattered to every worker once with a client."""
+        if self.client is None:
+            return value
+        return self.client.scatter(value, broadcast=True, hash=False)
+
+    def run(self, kernel, values, shared, groups, extra=()):
+        """``(small values in group order, summed array)`` of ``kernel`` over the groups.
+
+        ``extra``: further parts (already computed or futures) reduced with the batches.
+        """
+        items = self.held.items
+        if self.client is None:
+            name = f"{kernel.__name__.strip('_')}-{uuid.uuid4().hex}"
+            dsk = {(name, g): (_batch_task, kernel, [items[i] for i in group], [values[i] for i in group], *shared)
+                   for g, group in enumerate(groups)}
+            keys = list(extra) + list(dsk)
+            root = _tree_reduce_graph(dsk, keys, name + "-sum")
+            return compute_graph(dsk, [root])[0]
+        client = self.client
+        parts = list(extra)
+        for group in groups:
+            parts.append(client.submit(_batch_task, kernel, [items[i] for i in group], [values[i] for i in group],
+                                       *shared, pure=False))
+        while len(parts) > 1:
+            parts = [client.submit(_reduce_parts, *parts[i:i + 8], pure=False) for i in range(0, len(parts), 8)]
+        return parts[0].result()
 
 
 def _in_frame_order(values: list, order: list[int]) -> list:
@@ -253,34 +423,24 @@ def stack_store(scratch=None):
             _STORE_DIR.reset(token)
 
 
-def hold_stack(stack: da.Array, scheduler, store_dir=None, *, also=()):
-    """Keep the reconstructed stack for the averaging rounds.
+def _hold_array(stack, client=None, store_dir=None) -> HeldFrames:
+    """:func:`hold_frames` of a (N, ny, nx) numpy or Dask array."""
+    if isinstance(stack, HeldFrames):
+        return stack
+    if isinstance(stack, np.ndarray):
+        if store_dir is None and client is None:
+            return HeldFrames([np.asarray(frame, dtype=np.complex64) for frame in stack])
+        name = "frames-" + uuid.uuid4().hex
+        dsk = {(name, k): np.asarray(frame, dtype=np.complex64) for k, frame in enumerate(stack)}
+        held, _ = hold_frames(dsk, list(dsk), stack.shape[1:], client, store_dir)
+        return held
+    from dask.core import flatten
 
-    Without ``store_dir`` it is persisted: in this process's memory with the
-    threaded scheduler, on the workers (which spill to disk under memory
-    pressure) with a distributed one. With ``store_dir`` it is computed once
-    into a Zarr store there (one frame per chunk, written where each frame is
-    computed) and read back from it in every round, so memory stays bounded
-    whatever the number of frames. The caller removes the folder.
-
-    ``also``: further (small) collections computed in the same pass over the
-    frames; with them the result is ``(held_stack, [computed values])``.
-    """
-    if store_dir is None:
-        held, *others = dask.persist(stack, *also, scheduler=scheduler)
-        if not isinstance(scheduler, str):  # a distributed client: persist returned at once
-            from distributed import wait
-
-            wait(held)
-        values = [np.asarray(o.compute(scheduler=scheduler)) for o in others]
-    else:
-        import tempfile
-
-        store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
-        _, *values = dask.compute(da.to_zarr(stack, store, overwrite=True, compute=False), *also,
-                                  scheduler=scheduler)
-        held = da.from_zarr(store)
-    return (held, values) if also else held
+    stack = stack.rechunk({0: 1, 1: -1, 2: -1})
+    dsk = dict(stack.__dask_graph__())
+    keys = list(flatten(stack.__dask_keys__()))
+    held, _ = hold_frames(dsk, keys, stack.shape[1:], client, store_dir)
+    return held
 
 
 def current_store_dir():
@@ -289,7 +449,7 @@ def current_store_dir():
 
 
 def average_series(
-    stack: da.Array,
+    stack,
     grid: AlignmentGrid,
     defocus_nm=None,
     *,
@@ -301,13 +461,13 @@ def average_series(
     variance: bool = True,
     client=None,
     store_dir=None,
-    held: bool = False,
 ) -> AverageResult:
     """Average a stack of reconstructed waves with per-frame alignment.
 
     Parameters
     ----------
-    stack : Dask array (N, ny, nx) complex64, one frame per chunk (persisted here).
+    stack : :class:`HeldFrames` (from :func:`hold_frames`), or a (N, ny, nx)
+        complex numpy or Dask array (held here first).
     grid : :func:`holodask.align.alignment_grid` of the wave shape.
     defocus_nm : (N,) nominal defocus of each frame (start values of the fit).
     iterations : rounds after the first (reference: 7 for objects, 4 for empties).
@@ -315,45 +475,46 @@ def average_series(
         defocus only from round ``defocus_start`` on (0-based, counting the rounds
         after the first).
     variance : also compute the per-pixel variance.
-    client : a ``dask.distributed.Client`` (None: local threads).
-    store_dir : folder for a Zarr store of the stack (None: the stack is persisted
-        in memory, on the workers with a distributed scheduler).
-    held : the stack is already held (by :func:`hold_stack`); use it as it is.
+    client : a ``dask.distributed.Client`` (None: Dask's threaded scheduler).
+    store_dir : folder for a Zarr store of the stack (None: frames in memory, on the
+        workers with a distributed scheduler).
     """
-    n_frames = stack.shape[0]
-    defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
-    scheduler = scheduler_of(client)
     if store_dir is None:
         store_dir = _STORE_DIR.get()
-    stack = stack.rechunk({0: 1, 1: -1, 2: -1})
-    if not held:
-        stack = hold_stack(stack, scheduler, store_dir)
-    blocks = list(stack.to_delayed().ravel())
-    grid_d = delayed(grid, pure=True)
-
+    held = _hold_array(stack, client, store_dir)
+    client = held.client
+    n_frames = len(held)
     if n_frames == 1:
         raise ValueError("average_series needs at least two frames")
+    defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
+    rounds = _Rounds(held)
+    grid_s = rounds.share(grid)
 
     # first round: everything against the first frame
-    reference = delayed(_reference_task, pure=True)(blocks[0], float(defocus_nm[0]), grid_d)
+    first = held.items[0]
+    if client is None:
+        reference = _reference_task(_load(first), float(defocus_nm[0]), grid)
+        reference_s = reference
+    else:
+        reference_s = client.submit(_reference_task, first, float(defocus_nm[0]), grid_s, pure=False)
+        reference = reference_s
     batch = _batch_size(n_frames, client)
-    first_groups = [[i + 1 for i in group] for group in _frame_groups(blocks[1:], batch, client)]
-    groups = _frame_groups(blocks, batch, client)
+    first_groups = _frame_groups(held, list(range(1, n_frames)), batch)
+    groups = _frame_groups(held, list(range(n_frames)), batch)
     order = [i for group in groups for i in group]
     defocus_values = [float(d) for d in defocus_nm]
-    results = [reference] + _batched(_first_round_task, blocks, defocus_values, (reference, grid_d, fit_shift),
-                                     first_groups)
-    ((states, total),) = dask.compute(tree_reduce(results), scheduler=scheduler)
+    extra = [reference] if client is not None else [reference]
+    states, total = rounds.run(_first_round_task, defocus_values, (reference_s, grid_s, fit_shift), first_groups,
+                               extra=extra)
     states = np.array(_in_frame_order(states, [0] + [i for group in first_groups for i in group]))
     average = total / np.complex64(n_frames)
     convergence: list[float] = []
 
     for iteration in range(iterations):
-        average_d = delayed(average, pure=True)
+        average_s = rounds.share(average)
         fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)
-        results = _batched(_round_task, blocks, states,
-                           (average_d, grid_d, fit_shift, fit_tilt, fit_defocus_now), groups)
-        ((fits, total),) = dask.compute(tree_reduce(results), scheduler=scheduler)
+        fits, total = rounds.run(_round_task, list(states),
+                                 (average_s, grid_s, fit_shift, fit_tilt, fit_defocus_now), groups)
         fits = _in_frame_order(fits, order)
         convergence.append(float(np.sum([error for _, error in fits])))
         states = np.array([state for state, _ in fits])
@@ -363,10 +524,8 @@ def average_series(
         states, average = _pin_gauge(states, average, grid, defocus_nm, fit_shift, fit_defocus_now)
 
     average_wave = fft.ifft2(average).astype(np.complex64)
-    average_d = delayed(average, pure=True)
-    wave_d = delayed(average_wave, pure=True)
-    results = _batched(_final_task, blocks, states, (average_d, wave_d, grid_d), groups)
-    ((errors, squared),) = dask.compute(tree_reduce(results), scheduler=scheduler)
+    errors, squared = rounds.run(_final_task, list(states),
+                                 (rounds.share(average), rounds.share(average_wave), grid_s), groups)
     errors = np.array(_in_frame_order(errors, order), dtype=float)
     convergence.append(float(errors.sum()))
     var = (squared / (n_frames - 1)).astype(np.float32) if variance else None

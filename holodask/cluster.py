@@ -566,6 +566,12 @@ def current_client():
     return state.client if state is not None else None
 
 
+def progress_enabled() -> bool:
+    """Whether the enclosing :func:`compute_context` shows progress bars."""
+    state = _STATE.get()
+    return bool(state is not None and state.progress)
+
+
 def current_scratch() -> Path | None:
     """The ``--scratch`` folder of the enclosing :func:`compute_context` (``None``: none asked for)."""
     state = _STATE.get()
@@ -600,6 +606,7 @@ __all__ = [
     "compute_context",
     "compute_with_progress",
     "current_client",
+    "progress_enabled",
     "job_cluster_class",
     "load_cluster_config",
     "make_job_cluster",

@@ -22,15 +22,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask.array as da
-from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
+from typing import TYPE_CHECKING
+
 import numpy as np
-import xarray as xr
+from dask.base import tokenize
 
 from holodask.align import alignment_grid, correlate_spectra, correlation_window, window_spectrum
-from holodask import average as average_module
-from holodask.average import average_series, current_store_dir, scheduler_of
+from holodask.average import average_series, compute_graph, current_store_dir, hold_frames
 from holodask.errors import DataError, HolodaskError, InputFileError, ParameterError
 from holodask import fft
 from holodask.optics import carrier_per_nm, fourier_rescale, propagate
@@ -42,6 +40,11 @@ from holodask.reconstruct import (
     reconstruct_hologram,
     sideband_geometry,
 )
+
+if TYPE_CHECKING:  # built only where a Dataset is returned
+    import xarray as xr
+
+from holodask.series import FrameSeries
 
 __all__ = ["run", "EMPTY_ITERATIONS", "OBJECT_ITERATIONS", "DEFOCUS_START"]
 
@@ -57,18 +60,23 @@ SATURATION_FRACTION = 1e-3
 # ------------------------------------------------------------------ opening series
 
 
-def _open(series_spec, params: HoloParams) -> xr.DataArray:
-    """Open a SeriesSpec as a lazy (frame, y, x) DataArray with series indices."""
-    from holodask import series as series_module
+def _open(series_spec, params: HoloParams) -> FrameSeries:
+    """Open a SeriesSpec (headers only): its frames as tasks of a graph, with series indices."""
+    from holodask.series import open_frame_series
 
-    open_frames = getattr(series_module, "open_frames", None)
-    if open_frames is not None:
-        return open_frames(series_spec, params, basepath=params.basepath)
-    return series_module.open_series(list(series_spec.specs), params, indices=list(series_spec.indices),
-                                     basepath=params.basepath)
+    return open_frame_series(series_spec, params, basepath=params.basepath)
 
 
-def _sampling(array: xr.DataArray, params: HoloParams, what: str) -> float:
+def _repair(series: FrameSeries, params: HoloParams, client):
+    """The series with its outliers repaired (``outlier_cutoff``) and the counts per frame."""
+    from holodask.average import scheduler_of
+    from holodask.outliers import repair_series
+
+    repaired, counts = repair_series(series.to_dataarray(), params.outlier_cutoff, scheduler_of(client))
+    return FrameSeries.from_dataarray(repaired), counts
+
+
+def _sampling(array: FrameSeries, params: HoloParams, what: str) -> float:
     sampling = params.sampling_nm if params.sampling_nm is not None else array.attrs.get("sampling_nm")
     if sampling is None or not np.isfinite(sampling) or sampling <= 0:
         raise ParameterError(
@@ -108,16 +116,9 @@ def _check_sideband(params: HoloParams, shape) -> None:
 # ------------------------------------------------------------------ per-frame tasks
 
 
-def _frame_label(block_info, frame_index) -> str:
-    if block_info is None or 0 not in block_info:
-        return "a frame"
-    k = block_info[0]["chunk-location"][0]
-    return f"frame {int(frame_index[k])}"
-
-
-def _check_finite(frame: np.ndarray, block_info, frame_index, source: str) -> None:
+def _check_finite(frame: np.ndarray, label: str, source: str) -> None:
     if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
-        raise DataError(f"{_frame_label(block_info, frame_index)} of {source} holds NaN or Inf pixels")
+        raise DataError(f"{label} of {source} holds NaN or Inf pixels")
 
 
 def _align_spectrum_frame(block, region, window, label, source):
@@ -134,8 +135,8 @@ def _correlate_block(previous, current, window):
     return np.array([[dx, dy]], dtype=np.int64)
 
 
-def _roi_block(block, shifts, roi, block_info=None):
-    return extract_roi(block[0], roi, shifts[block_info[0]["chunk-location"][0]])[None]
+def _roi_frame(block, shift_xy, roi):
+    return extract_roi(block[0], roi, shift_xy)
 
 
 def _saturation_count(block, shift_xy, roi) -> int:
@@ -164,9 +165,9 @@ def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_
     return wave[None]
 
 
-def _reconstruction_graph(frames: da.Array, shifts, roi, geometry, big_empty, factor_grid, frame_index, source,
-                          out_shape, client=None):
-    """The reconstructed stack (one task per frame) and the saturation counts of the ROIs.
+def _reconstruction_graph(objects: FrameSeries, shifts, roi, geometry, big_empty, factor_grid, source, out_shape,
+                          client=None):
+    """Tasks reconstructing every frame and counting the saturated pixels of its ROI.
 
     One task per frame extracts the drift-moved ROI and reconstructs and
     normalises it; the saturation count of each ROI is a small task on the same
@@ -176,10 +177,11 @@ def _reconstruction_graph(frames: da.Array, shifts, roi, geometry, big_empty, fa
 
     Returns
     -------
-    (stack, saturation): Dask arrays (N, ny, nx) complex64 and (N,) int64.
+    (dsk, keys, counts_key): the graph (with the reading tasks), the keys of the
+    reconstructed frames ((1, ny, nx) complex64) and of the (N,) int64 counts.
     """
-    n_frames = frames.shape[0]
-    token = tokenize(frames.name, shifts, roi, out_shape, source, frame_index)
+    n_frames = objects.n_frames
+    token = tokenize(objects.name, shifts, roi, out_shape, source, objects.frame_index)
     name = "reconstruct-" + token
     constants = {"geometry": geometry, "big_empty": big_empty}
     if client is not None:
@@ -187,7 +189,7 @@ def _reconstruction_graph(frames: da.Array, shifts, roi, geometry, big_empty, fa
                 if isinstance(v, (np.ndarray, SidebandGeometry))}
     else:
         refs = {}
-    dsk = {}
+    dsk = dict(objects.graph)
     for key, value in constants.items():
         if key not in refs:
             refs[key] = (f"{key}-{token}",)
@@ -200,26 +202,23 @@ def _reconstruction_graph(frames: da.Array, shifts, roi, geometry, big_empty, fa
             if shift not in factor_keys:
                 factor_keys[shift] = ("factor-" + token, len(factor_keys))
                 dsk[factor_keys[shift]] = (normalisation_factor, refs["big_empty"], roi, shift, factor_grid)
-    counts_name = "saturation-" + token
-    count_dsk = {}
+    counts_key = ("saturation-" + token,)
+    keys = []
     for k, shift in enumerate(shift_list):
-        frame_key = (frames.name, k, 0, 0)
-        dsk[(name, k, 0, 0)] = (_reconstruct_frame, frame_key, shift, factor_keys.get(shift), refs["geometry"],
-                                None if factor_keys else refs["big_empty"], roi,
-                                f"frame {int(frame_index[k])}", source, out_shape)
-        count_dsk[("count-" + token, k)] = (_saturation_count, frame_key, shift, roi)
-    count_dsk[(counts_name, 0)] = (_saturation_counts, *[("count-" + token, k) for k in range(n_frames)])
-    stack = da.Array(HighLevelGraph.from_collections(name, dsk, dependencies=(frames,)), name,
-                     chunks=((1,) * n_frames, (out_shape[0],), (out_shape[1],)), dtype=np.complex64)
-    saturation = da.Array(HighLevelGraph.from_collections(counts_name, count_dsk, dependencies=(frames,)),
-                          counts_name, chunks=((n_frames,),), dtype=np.int64)
-    return stack, saturation
+        frame_key = objects.keys[k]
+        dsk[(name, k)] = (_reconstruct_frame, frame_key, shift, factor_keys.get(shift), refs["geometry"],
+                          None if factor_keys else refs["big_empty"], roi,
+                          f"frame {int(objects.frame_index[k])}", source, out_shape)
+        dsk[("count-" + token, k)] = (_saturation_count, frame_key, shift, roi)
+        keys.append((name, k))
+    dsk[counts_key] = (_saturation_counts, *[("count-" + token, k) for k in range(n_frames)])
+    return dsk, keys, counts_key
 
 
-def _reconstruct_empty_block(block, geometry, frame_index, source, block_info=None):
+def _reconstruct_empty_frame(block, geometry, label, source):
     frame = block[0]
-    _check_finite(frame, block_info, frame_index, source)
-    return reconstruct_hologram(frame, geometry)[None]
+    _check_finite(frame, label, source)
+    return reconstruct_hologram(frame, geometry)
 
 
 # ------------------------------------------------------------------ stages
@@ -278,14 +277,15 @@ def _read_complex_wave(spec: str, params: HoloParams) -> np.ndarray:
     else:
         from holodask import series as series_module
 
-        wave = np.asarray(series_module.open_series(spec, basepath=params.basepath)[0].values)
+        series = series_module.frame_series_from_sources(series_module.open_sources(spec, params.basepath))
+        wave = np.asarray(compute_graph(series.graph, series.keys[:1])[0][0])
     wave = np.asarray(wave)
     if wave.ndim != 2:
         raise InputFileError(f"empty_override: {file_spec.path} holds a {wave.ndim}-D array, expected a 2-D wave")
     return wave.astype(np.complex64)
 
 
-def _empty_stage(params: HoloParams, objects: xr.DataArray | None, scheduler, client) -> _Empty:
+def _empty_stage(params: HoloParams, objects: FrameSeries | None, client) -> _Empty:
     from holodask.io.holo_hdf5 import hologram_attrs, standard_attrs
 
     if params.only_align:
@@ -301,21 +301,20 @@ def _empty_stage(params: HoloParams, objects: xr.DataArray | None, scheduler, cl
     empties = _open(params.empty_series, params)
     empty_outliers = None
     if params.outlier_cutoff is not None:  # outlier repair (holodask.outliers)
-        from holodask.outliers import repair_series
-
-        empties, empty_outliers = repair_series(empties, params.outlier_cutoff, scheduler)
+        empties, empty_outliers = _repair(empties, params, client)
     size = _empty_size(params)
     sampling = _sampling(empties, params, "empty")
     shape = tuple(empties.shape[1:])
     _check_sideband(params, shape)
     binning = int(empties.attrs.get("binning") or 1)
     geometry = _geometry(params, shape, shape, sampling, size, binning, dtype=empties.dtype)
-    frame_index = np.asarray(empties["frame"].values)
+    frame_index = empties.frame_index
     source = empties.attrs.get("source") or "the empty series"
-    stack = empties.data.map_blocks(
-        _reconstruct_empty_block, geometry, frame_index, source,
-        chunks=((1,) * empties.shape[0], (size,), (size,)), dtype=np.complex64,
-    )
+    name = "reconstruct-empty-" + tokenize(empties.name, size, source)
+    dsk = dict(empties.graph)
+    for k, key in enumerate(empties.keys):
+        dsk[(name, k)] = (_reconstruct_empty_frame, key, geometry, f"frame {int(frame_index[k])}", source)
+    keys = [(name, k) for k in range(empties.n_frames)]
     attrs = standard_attrs(params, sampling_nm=geometry.sampling_out_nm[::-1], carrier_per_nm=geometry.carrier_per_nm,
                            voltage_kV=empties.attrs.get("voltage_kV"), binning=binning,
                            microscope=empties.attrs.get("microscope"), detector=empties.attrs.get("detector"))
@@ -323,20 +322,21 @@ def _empty_stage(params: HoloParams, objects: xr.DataArray | None, scheduler, cl
         attrs.pop(key, None)
     if empties.shape[0] > 1:
         grid = alignment_grid((size, size), geometry.sampling_out_nm, empties.attrs.get("voltage_kV"))
-        result = average_series(stack, grid, None, iterations=EMPTY_ITERATIONS, fit_shift=False,
-                                fit_tilt=params.adjust_tilt, fit_defocus=False, variance=False, client=client)
+        held, _ = hold_frames(dsk, keys, (size, size), client, current_store_dir())
+        result = average_series(held, grid, None, iterations=EMPTY_ITERATIONS, fit_shift=False,
+                                fit_tilt=params.adjust_tilt, fit_defocus=False, variance=False)
         wave = result.wave
         attrs.update(hologram_attrs(shift_nm=result.shifts_nm[:, ::-1], tilt_per_nm=result.tilts_per_nm[:, ::-1],
                                     defocus_nm=result.defocus_nm, factor=result.factors, error=result.errors,
                                     convergence=result.convergence, frame_index=frame_index))
     else:
-        wave = np.asarray(stack[0].compute(scheduler=scheduler))
+        wave = np.asarray(compute_graph(dsk, keys[:1], client)[0])
     if empty_outliers is not None:
         attrs["outliers"] = empty_outliers
     return _Empty(wave.astype(np.complex64), attrs, True)
 
 
-def _synthesized_empty(params: HoloParams, objects: xr.DataArray | None) -> _Empty:
+def _synthesized_empty(params: HoloParams, objects: FrameSeries | None) -> _Empty:
     from holodask import series as series_module
     from holodask.io.holo_hdf5 import standard_attrs
 
@@ -344,8 +344,8 @@ def _synthesized_empty(params: HoloParams, objects: xr.DataArray | None) -> _Emp
         raise ParameterError("camera_distortions: needed with synthesize_empty (two files: x and y distortions)")
     distortions = []
     for spec in params.camera_distortions:
-        array = series_module.open_series(spec, basepath=params.basepath)
-        distortions.append(np.asarray(array[0].values, dtype=np.float64))
+        series = series_module.frame_series_from_sources(series_module.open_sources(spec, params.basepath))
+        distortions.append(np.asarray(compute_graph(series.graph, series.keys[:1])[0][0], dtype=np.float64))
     if distortions[0].shape != distortions[1].shape:
         raise InputFileError(
             f"camera_distortions: the x and y distortion arrays differ in shape "
@@ -373,28 +373,27 @@ def _synthesized_empty(params: HoloParams, objects: xr.DataArray | None) -> _Emp
     return _Empty(wave, attrs, True)
 
 
-def _raw_alignment(objects: xr.DataArray, params: HoloParams, region, sampling, scheduler):
+def _raw_alignment(objects: FrameSeries, params: HoloParams, region, sampling, client):
     """Cumulated integer drift (N, 2) (x, y) of every frame relative to the first."""
     n_frames = objects.shape[0]
     if not params.enable_raw_alignment or n_frames < 2:
         return np.zeros((n_frames, 2), dtype=np.int64)
     left, top, right, bottom = region
     shape = (bottom - top, right - left)
-    frame_index = np.asarray(objects["frame"].values)
+    frame_index = objects.frame_index
     source = objects.attrs.get("source") or "the object series"
     cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm
     window = correlation_window(shape, sampling, cut_off)
-    # spectra and the correlations of neighbours as plain tasks (no slicing tasks in between)
-    frames = objects.data
-    token = tokenize(frames.name, region, window, source)
+    # spectra and the correlations of neighbours as plain tasks
+    token = tokenize(objects.name, region, window, source)
     spectrum_name, step_name = "align-spectrum-" + token, "raw-steps-" + token
-    dsk = {(spectrum_name, k): (_align_spectrum_frame, (frames.name, k, 0, 0), region, window,
-                                f"frame {int(frame_index[k])}", source) for k in range(n_frames)}
-    dsk.update({(step_name, k, 0): (_correlate_block, (spectrum_name, k), (spectrum_name, k + 1), window)
+    dsk = dict(objects.graph)
+    dsk.update({(spectrum_name, k): (_align_spectrum_frame, objects.keys[k], region, window,
+                                     f"frame {int(frame_index[k])}", source) for k in range(n_frames)})
+    dsk.update({(step_name, k): (_correlate_block, (spectrum_name, k), (spectrum_name, k + 1), window)
                 for k in range(n_frames - 1)})
-    steps = da.Array(HighLevelGraph.from_collections(step_name, dsk, dependencies=(frames,)), step_name,
-                     chunks=((1,) * (n_frames - 1), (2,)), dtype=np.int64)
-    steps = np.asarray(steps.compute(scheduler=scheduler))
+    steps = compute_graph(dsk, [(step_name, k) for k in range(n_frames - 1)], client)
+    steps = np.concatenate(steps, axis=0).reshape(-1, 2)
     shifts = np.zeros((n_frames, 2), dtype=np.int64)
     shifts[1:] = np.cumsum(steps, axis=0)
     log.info("raw alignment: drift of the last frame %s px (x, y)", shifts[-1].tolist())
@@ -417,7 +416,7 @@ def _output_path(params: HoloParams) -> Path:
     return Path(params.output_name)
 
 
-def run(params, basepath=None, client=None) -> xr.Dataset:
+def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset | Path":
     """Reconstruct and average as the parameters say and write the output file.
 
     Parameters
@@ -427,9 +426,12 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
     client : ``dask.distributed.Client`` to run on (None: the client of an enclosing
         :func:`holodask.cluster.compute_context`, else local threads).
 
+    load : return the written results as a Dataset (False: the output file's path).
+
     Returns
     -------
-    xarray.Dataset of the written results (see :func:`holodask.results.open_result`).
+    xarray.Dataset of the written results (see :func:`holodask.results.open_result`),
+    or the output file's path.
     """
     from holodask.io.holo_hdf5 import HoloOutputFile, hologram_attrs, standard_attrs
 
@@ -440,7 +442,6 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
         from holodask.cluster import current_client
 
         client = current_client()
-    scheduler = scheduler_of(client)
     if params.object_series is None and params.empty_series is None and not params.synthesize_empty:
         raise ParameterError("object_names: nothing to do (neither object_names nor empty_names given)")
 
@@ -459,27 +460,31 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
                   int(params.object_size), binning)
 
     from holodask.io.qpimage_export import check_run_export, export_run
-    from holodask.outliers import repair_series, write_outlier_counts
 
     check_run_export(params, output, objects.attrs.get("voltage_kV") if objects is not None else None)
     if client is not None:
         _share_fft_plans(params, objects, client)
     outliers = None
     if objects is not None and params.outlier_cutoff is not None:
-        objects, outliers = repair_series(objects, params.outlier_cutoff, scheduler)
+        objects, outliers = _repair(objects, params, client)
     shifts = None
     from holodask.average import stack_store
     from holodask.cluster import current_scratch
 
     with stack_store(current_scratch()), HoloOutputFile(output, prefix=params.output_prefix) as out:
-        empty = _empty_stage(params, objects, scheduler, client)
+        empty = _empty_stage(params, objects, client)
         if empty.write and empty.wave is not None:
             out.write_dataset("empty", empty.wave, empty.attrs)
         if objects is not None:
-            shifts = _object_stage(params, objects, empty, out, scheduler, client, standard_attrs, hologram_attrs)
-            write_outlier_counts(out, outliers, params)
+            shifts = _object_stage(params, objects, empty, out, client, standard_attrs, hologram_attrs)
+            if outliers is not None:
+                from holodask.outliers import write_outlier_counts
+
+                write_outlier_counts(out, outliers, params)
     export_run(params, output)
 
+    if not load:
+        return output
     if params.only_align or (objects is None and not empty.write):
         return _alignment_dataset(output, params, shifts)
     from holodask.results import open_result
@@ -487,8 +492,10 @@ def run(params, basepath=None, client=None) -> xr.Dataset:
     return open_result(output, params.output_prefix).load()
 
 
-def _alignment_dataset(output: Path, params: HoloParams, shifts) -> xr.Dataset:
+def _alignment_dataset(output: Path, params: HoloParams, shifts) -> "xr.Dataset":
     """What an alignment-only run found (its file holds only ``aligned_rois``)."""
+    import xarray as xr
+
     data_vars = {}
     if shifts is not None:
         data_vars["raw_shift_px"] = (("frame", "xy"), shifts["raw_shift_px"])
@@ -499,10 +506,10 @@ def _alignment_dataset(output: Path, params: HoloParams, shifts) -> xr.Dataset:
                       attrs={"source": str(output), "prefix": params.output_prefix})
 
 
-def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs, hologram_attrs):
+def _object_stage(params, objects: FrameSeries, empty, out, client, standard_attrs, hologram_attrs):
     n_frames = objects.shape[0]
     camera_shape = tuple(int(s) for s in objects.shape[1:])
-    frame_index = np.asarray(objects["frame"].values)
+    frame_index = objects.frame_index
     source = objects.attrs.get("source") or "the object series"
     roi = _check_roi(params.roi, camera_shape, "roi")
     align_region = _check_roi(params.align_roi_or_roi, camera_shape, "align_roi")
@@ -510,7 +517,7 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
     voltage = objects.attrs.get("voltage_kV")
     binning = int(objects.attrs.get("binning") or 1)
 
-    shifts = _raw_alignment(objects, params, align_region, sampling, scheduler)
+    shifts = _raw_alignment(objects, params, align_region, sampling, client)
     roi_shape = (roi[3] - roi[1], roi[2] - roi[0])
     base_attrs = dict(
         voltage_kV=voltage, binning=binning, microscope=objects.attrs.get("microscope"),
@@ -523,10 +530,8 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         attrs = standard_attrs(params, sampling_nm=sampling, offset_nm=(roi[0] * sampling, roi[1] * sampling),
                                **base_attrs)
         attrs.update(raw_attrs)
-        rois = objects.data.map_blocks(
-            _roi_block, shifts, roi, chunks=((1,) * n_frames, (roi_shape[0],), (roi_shape[1],)), dtype=objects.dtype,
-        )
-        out.write_frames("aligned_rois", _frames(rois, scheduler), attrs, as_dataset=params.output_series_as_dataset)
+        out.write_frames("aligned_rois", _aligned_rois(objects, shifts, roi, client), attrs,
+                         as_dataset=params.output_series_as_dataset)
     found = {"raw_shift_px": shifts, "frame": frame_index}
     if params.only_align:
         return found
@@ -543,12 +548,12 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         value = 1.0 if params.only_phase else e_size * e_size / (camera_shape[0] * camera_shape[1])
         big_empty = ConstantEmpty(value, camera_shape)
     doubled_grid = factor_grid(roi_shape, (size, size)) if isinstance(big_empty, np.ndarray) else None
-    stack, saturation = _reconstruction_graph(objects.data, shifts, roi, geometry, big_empty, doubled_grid,
-                                              frame_index, source, (size, size), client)
-    # one pass over the frames: the stack is held (memory or Zarr store) for the
-    # rounds and the saturation counts come along
+    dsk, keys, counts_key = _reconstruction_graph(objects, shifts, roi, geometry, big_empty, doubled_grid,
+                                                  source, (size, size), client)
+    # one pass over the frames: the stack is held (memory, workers or Zarr store)
+    # for the rounds and the saturation counts come along
     started = time.perf_counter()
-    stack, (saturation,) = average_module.hold_stack(stack, scheduler, current_store_dir(), also=(saturation,))
+    held, (saturation,) = hold_frames(dsk, keys, (size, size), client, current_store_dir(), also=[counts_key])
     log.info("reconstruction: %d holograms in %.2f s", n_frames, time.perf_counter() - started)
     _warn_saturation(saturation, frame_index, roi_shape[0] * roi_shape[1])
 
@@ -562,18 +567,19 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
     if params.output_series:
         series_attrs = dict(attrs)
         series_attrs.update(raw_attrs)
-        out.write_frames("series", _frames(stack, scheduler), series_attrs, as_dataset=params.output_series_as_dataset)
+        out.write_frames("series", (held.frame(k) for k in range(n_frames)), series_attrs,
+                         as_dataset=params.output_series_as_dataset)
 
-    defocus = np.asarray(objects["defocus_nm"].values, dtype=float)
+    defocus = objects.defocus_nm
     needs_voltage = params.adjust_defocus or np.any(defocus != 0)
     if needs_voltage and not voltage:
         raise ParameterError("voltage: needed for defocus (the files carry no voltage); give the parameter 'voltage' in kV")
     if n_frames > 1:
         started = time.perf_counter()
         grid = alignment_grid((size, size), sampling_out, voltage)
-        result = average_series(stack, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
+        result = average_series(held, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
                                 fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
-                                defocus_start=DEFOCUS_START, variance=True, client=client, held=True)
+                                defocus_start=DEFOCUS_START, variance=True)
         log.info("averaging: %d rounds in %.2f s", len(result.convergence), time.perf_counter() - started)
         attrs.update(hologram_attrs(
             shift_nm=result.shifts_nm[:, ::-1], tilt_per_nm=result.tilts_per_nm[:, ::-1],
@@ -584,7 +590,7 @@ def _object_stage(params, objects, empty, out, scheduler, client, standard_attrs
         out.write_dataset("variance", result.variance, attrs)
         return found
     else:
-        wave = np.asarray(stack[0].compute(scheduler=scheduler))
+        wave = held.frame(0)
         wave = propagate(wave, float(defocus[0]), voltage or 300.0, sampling_out)
         attrs.update(raw_attrs)
         out.write_dataset("data", wave, attrs)
@@ -639,7 +645,11 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
         client.run(fft.import_wisdom, wisdom)
 
 
-def _frames(stack: da.Array, scheduler):
-    """Compute and yield the frames of a stack one at a time."""
-    for k in range(stack.shape[0]):
-        yield np.asarray(stack[k].compute(scheduler=scheduler))
+def _aligned_rois(objects: FrameSeries, shifts, roi, client):
+    """The drift-moved ROI of every raw frame, computed and yielded one at a time."""
+    name = "aligned-roi-" + tokenize(objects.name, shifts, roi)
+    dsk = dict(objects.graph)
+    for k, key in enumerate(objects.keys):
+        dsk[(name, k)] = (_roi_frame, key, tuple(int(v) for v in shifts[k]), roi)
+    for k in range(objects.n_frames):
+        yield np.asarray(compute_graph(dsk, [(name, k)], client)[0])

@@ -8,18 +8,21 @@ the task runs.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph
 
 from holodask.errors import InputFileError, ParameterError
 from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, open_source
 
+if TYPE_CHECKING:  # xarray and dask.array are imported where a DataArray is built
+    import xarray as xr
+
 __all__ = [
+    "FrameSeries",
+    "open_frame_series",
     "open_series",
     "open_frames",
     "open_sources",
@@ -87,13 +90,76 @@ def _sampling_nm(first: FrameSource, meta: FrameMetadata, params) -> float | Non
     return meta.sampling_nm
 
 
-def series_from_sources(
-    sources: Sequence[FrameSource], params=None, *, indices=None
-) -> xr.DataArray:
-    """Build the lazy ``(frame, y, x)`` DataArray from already opened sources.
+@dataclass
+class FrameSeries:
+    """An opened series before it becomes a DataArray: frames as tasks of a Dask graph.
 
-    See :func:`open_series` for the coordinates and attributes.
+    ``graph`` maps keys to tasks; ``keys[k]`` is the key whose value is frame
+    ``k`` as a (1, rows, columns) block. ``coords`` holds the per-frame
+    coordinates (``defocus_nm`` and those of the sources), ``attrs`` the
+    attributes of :func:`open_series`. The pipeline runs these graphs directly
+    (no dask.array or xarray needed); :meth:`to_dataarray` gives the lazy
+    DataArray.
     """
+
+    name: str
+    graph: dict
+    keys: list
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    frame_index: np.ndarray
+    coords: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[0]
+
+    @property
+    def defocus_nm(self) -> np.ndarray:
+        return np.asarray(self.coords["defocus_nm"], dtype=float)
+
+    def to_dataarray(self) -> "xr.DataArray":
+        """The lazy ``(frame, y, x)`` DataArray (one frame per chunk)."""
+        import dask.array as da
+        import xarray as xr
+        from dask.highlevelgraph import HighLevelGraph
+
+        n_frames, rows, cols = self.shape
+        tasks = dict(self.graph)
+        name = "frames-" + self.name
+        for k, key in enumerate(self.keys):
+            if key != (name, k, 0, 0):
+                tasks[(name, k, 0, 0)] = key
+        graph = HighLevelGraph.from_collections(name, tasks, dependencies=())
+        data = da.Array(graph, name, chunks=((1,) * n_frames, (rows,), (cols,)), dtype=self.dtype)
+        pixel_nm = self.attrs.get("sampling_nm")
+        units = "nm" if pixel_nm else "px"
+        pixel_nm = pixel_nm if pixel_nm is not None else 1.0
+        coords: dict = {
+            "frame": ("frame", self.frame_index),
+            "y": ("y", np.arange(rows) * pixel_nm, {"units": units}),
+            "x": ("x", np.arange(cols) * pixel_nm, {"units": units}),
+        }
+        coords.update({key: ("frame", values) for key, values in self.coords.items()})
+        return xr.DataArray(data, dims=("frame", "y", "x"), coords=coords, attrs=dict(self.attrs), name="hologram")
+
+    @classmethod
+    def from_dataarray(cls, array: "xr.DataArray") -> "FrameSeries":
+        """The frames of a Dask-backed ``(frame, y, x)`` DataArray (one frame per chunk)."""
+        from dask.core import flatten
+
+        data = array.data.rechunk({0: 1, 1: -1, 2: -1})
+        graph = dict(data.__dask_graph__())
+        keys = list(flatten(data.__dask_keys__()))
+        coords = {name: np.asarray(coord.values) for name, coord in array.coords.items()
+                  if coord.dims == ("frame",) and name != "frame"}
+        return cls(data.name, graph, keys, tuple(int(n) for n in array.shape), np.dtype(array.dtype),
+                   np.asarray(array["frame"].values), coords, dict(array.attrs))
+
+
+def frame_series_from_sources(sources: Sequence[FrameSource], params=None, *, indices=None) -> FrameSeries:
+    """The :class:`FrameSeries` of already opened sources (see :func:`open_series`)."""
     sources = list(sources)
     if not sources:
         raise InputFileError("no input files given (empty list of file specs)")
@@ -117,12 +183,7 @@ def series_from_sources(
     name = "open-series-" + tokenize(
         [str(s.spec) for s in sources], [_mtime(s) for s in sources], frame_index.tolist()
     )
-    tasks = {
-        (name, k, 0, 0): (read_source_frame, source, i)
-        for k, (source, i) in enumerate(frame_table)
-    }
-    graph = HighLevelGraph.from_collections(name, tasks, dependencies=())
-    data = da.Array(graph, name, chunks=((1,) * n_frames, (rows,), (cols,)), dtype=dtype)
+    tasks = {(name, k): (read_source_frame, source, i) for k, (source, i) in enumerate(frame_table)}
 
     meta = first.metadata
     sampling_nm = _sampling_nm(first, meta, params)
@@ -133,13 +194,7 @@ def series_from_sources(
     defocus_first = float(getattr(params, "defocus_first_nm", 0.0) or 0.0) if params else 0.0
     defocus_step = float(getattr(params, "defocus_step_nm", 0.0) or 0.0) if params else 0.0
 
-    pixel_nm = sampling_nm if sampling_nm is not None else 1.0
-    coords: dict = {
-        "frame": ("frame", frame_index),
-        "y": ("y", np.arange(rows) * pixel_nm, {"units": "nm" if sampling_nm else "px"}),
-        "x": ("x", np.arange(cols) * pixel_nm, {"units": "nm" if sampling_nm else "px"}),
-        "defocus_nm": ("frame", defocus_first + defocus_step * frame_index.astype(float)),
-    }
+    coords: dict = {"defocus_nm": defocus_first + defocus_step * frame_index.astype(float)}
     per_frame: dict[str, list] = {}
     for source in sources:
         for key, values in source.frame_coords().items():
@@ -151,7 +206,7 @@ def series_from_sources(
             if values is None or len(values) != source.n_frames:
                 values = np.full(source.n_frames, np.nan)
             parts.append(np.asarray(values))
-        coords[key] = ("frame", np.concatenate(parts))
+        coords[key] = np.concatenate(parts)
 
     if len(sources) == 1:
         source_text = str(first.spec)
@@ -165,7 +220,18 @@ def series_from_sources(
         "detector": meta.detector,
         "source": source_text,
     }
-    return xr.DataArray(data, dims=("frame", "y", "x"), coords=coords, attrs=attrs, name="hologram")
+    return FrameSeries(name, tasks, [(name, k) for k in range(n_frames)], (n_frames, rows, cols), dtype,
+                       frame_index, coords, attrs)
+
+
+def series_from_sources(
+    sources: Sequence[FrameSource], params=None, *, indices=None
+) -> "xr.DataArray":
+    """Build the lazy ``(frame, y, x)`` DataArray from already opened sources.
+
+    See :func:`open_series` for the coordinates and attributes.
+    """
+    return frame_series_from_sources(sources, params, indices=indices).to_dataarray()
 
 
 def _mtime(source: FrameSource) -> float:
@@ -175,7 +241,7 @@ def _mtime(source: FrameSource) -> float:
         return 0
 
 
-def open_series(specs, params=None, *, indices=None, basepath=None) -> xr.DataArray:
+def open_series(specs, params=None, *, indices=None, basepath=None) -> "xr.DataArray":
     """Open file specs as one lazy series of 2-D frames.
 
     Parameters
@@ -212,12 +278,17 @@ def open_series(specs, params=None, *, indices=None, basepath=None) -> xr.DataAr
     return series_from_sources(open_sources(specs, basepath), params, indices=indices)
 
 
-def open_frames(series_spec, params=None, *, basepath=None) -> xr.DataArray:
+def open_frames(series_spec, params=None, *, basepath=None) -> "xr.DataArray":
     """Open a :class:`holodask.params.SeriesSpec` (specs plus series indices).
 
     Where a file holds several frames, its frames get consecutive series
     indices starting at the index the SeriesSpec gives that file.
     """
+    return open_frame_series(series_spec, params, basepath=basepath).to_dataarray()
+
+
+def open_frame_series(series_spec, params=None, *, basepath=None) -> FrameSeries:
+    """:func:`open_frames` as a :class:`FrameSeries` (what the pipeline runs on)."""
     if series_spec is None:
         raise ParameterError("no series given (object_names / empty_names missing)")
     sources = open_sources(list(series_spec.specs), basepath)
@@ -229,10 +300,10 @@ def open_frames(series_spec, params=None, *, basepath=None) -> xr.DataArray:
     indices: list[int] = []
     for source, start in zip(sources, spec_indices):
         indices.extend(int(start) + k for k in range(source.n_frames))
-    return series_from_sources(sources, params, indices=indices)
+    return frame_series_from_sources(sources, params, indices=indices)
 
 
-def frames_of(array: xr.DataArray) -> Iterable[np.ndarray]:
+def frames_of(array: "xr.DataArray") -> Iterable[np.ndarray]:
     """Compute the frames of a series one at a time (for writers)."""
     for k in range(array.sizes["frame"]):
         yield np.asarray(array.isel(frame=k).values)

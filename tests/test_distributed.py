@@ -107,19 +107,22 @@ def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
 
     import holodask.average as average
 
-    original = average.hold_stack
+    import holodask.pipeline as pipeline
 
-    def spy(stack, scheduler, store_dir=None, **kwargs):
-        held = original(stack, scheduler, store_dir, **kwargs)
-        seen.append((store_dir, sorted(p.name for p in scratch.rglob("*.zarr"))))
+    original = average.hold_frames
+
+    def spy(dsk, keys, shape, client=None, store_dir=None, **kwargs):
+        held = original(dsk, keys, shape, client, store_dir, **kwargs)
+        seen.append((store_dir, sorted(p.name for p in scratch.rglob("*.zarr")),
+                     all(isinstance(item, average.StoredFrame) for item in held[0].items)))
         return held
 
-    average.hold_stack = spy
+    pipeline.hold_frames = spy
     try:
         with compute_context(scratch=scratch):
             got = run_pipeline(replace(params, output_name=str(tmp_path / "scratch.hdf5")))
     finally:
-        average.hold_stack = original
+        pipeline.hold_frames = original
     _assert_same_data(got, threaded)
-    assert seen and all(store is not None and zarrs for store, zarrs in seen)
+    assert seen and all(store is not None and zarrs and stored for store, zarrs, stored in seen)
     assert list(scratch.iterdir()) == []  # the stores are gone after the run

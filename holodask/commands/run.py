@@ -35,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
     params = load_parameters(args.params)
     log.info("writing %s", params.output_name)
     with compute_context(options_from_args(args)) as client:
-        run_pipeline(params, client=client)
+        run_pipeline(params, client=client, load=False)
     log.info("done in %.1f s", time.perf_counter() - started)
     return 0
