@@ -312,20 +312,26 @@ def _batch_size(n_frames: int, client=None) -> int:
     return max(1, n_frames // (4 * threads))
 
 
-def _frame_groups(held: HeldFrames, indices: list[int], batch: int) -> list[list[int]]:
+def _holders(held: HeldFrames) -> list | None:
+    """The worker holding each frame (distributed, frames as futures), else None."""
+    if held.client is None or not held.items or isinstance(held.items[0], (np.ndarray, StoredFrame)):
+        return None
+    who_has = held.client.who_has(held.items)
+    return [sorted(who_has.get(item.key) or [None])[0] for item in held.items]
+
+
+def _frame_groups(indices: list[int], batch: int, holders: list | None = None) -> list[list[int]]:
     """Frame indices in batches of at most ``batch``.
 
-    With a distributed client, the frames of a batch are held by one worker,
-    so that a batch task reads only local data instead of gathering frames
-    from other workers in every round.
+    With ``holders`` (the worker of each frame), the frames of a batch are
+    held by one worker, so that a batch task runs there on local data instead
+    of gathering frames from other workers in every round.
     """
-    if held.client is None or not indices or isinstance(held.items[0], (np.ndarray, StoredFrame)):
+    if holders is None:
         return [indices[i:i + batch] for i in range(0, len(indices), batch)]
-    who_has = held.client.who_has([held.items[i] for i in indices])
     by_worker: dict = {}
     for index in indices:
-        holders = who_has.get(held.items[index].key) or [None]
-        by_worker.setdefault(sorted(holders)[0], []).append(index)
+        by_worker.setdefault(holders[index], []).append(index)
     return [group[i:i + batch] for group in by_worker.values() for i in range(0, len(group), batch)]
 
 
@@ -335,7 +341,7 @@ class _Rounds:
     def __init__(self, held: HeldFrames):
         self.held = held
         self.client = held.client
-        self._shared: dict = {}
+        self.holders = _holders(held)
 
     def share(self, value):
         """A large constant of the rounds: scattered to every worker once with a client."""
@@ -359,8 +365,10 @@ class _Rounds:
         client = self.client
         parts = list(extra)
         for group in groups:
+            where = {} if self.holders is None or self.holders[group[0]] is None else {
+                "workers": [self.holders[group[0]]], "allow_other_workers": True}
             parts.append(client.submit(_batch_task, kernel, [items[i] for i in group], [values[i] for i in group],
-                                       *shared, pure=False))
+                                       *shared, pure=False, **where))
         while len(parts) > 1:
             parts = [client.submit(_reduce_parts, *parts[i:i + 8], pure=False) for i in range(0, len(parts), 8)]
         return parts[0].result()
@@ -499,8 +507,8 @@ def average_series(
         reference_s = client.submit(_reference_task, first, float(defocus_nm[0]), grid_s, pure=False)
         reference = reference_s
     batch = _batch_size(n_frames, client)
-    first_groups = _frame_groups(held, list(range(1, n_frames)), batch)
-    groups = _frame_groups(held, list(range(n_frames)), batch)
+    first_groups = _frame_groups(list(range(1, n_frames)), batch, rounds.holders)
+    groups = _frame_groups(list(range(n_frames)), batch, rounds.holders)
     order = [i for group in groups for i in group]
     defocus_values = [float(d) for d in defocus_nm]
     extra = [reference] if client is not None else [reference]
