@@ -9,11 +9,20 @@ Scaling: wall time of the reconstruction and averaging stages (the time
 single-threaded process workers on the same series; throughput ratio =
 t(1 worker) / t(2 workers).
 
+Ceiling: what the machine itself allows. The per-frame kernels of the two
+stages (one hologram reconstructed and normalised, then fitted to an average
+and moved onto it nine times, as in the rounds) run on the same frames in one
+process, then in two processes at once, each doing the same amount of work;
+ceiling = 2 x t(one process) / t(two processes at once). A machine whose two
+cores are independent gives 2; two logical CPUs sharing one physical core, or
+a CPU quota, give less, and no scheduler can scale beyond it.
+
 Usage::
 
     python benchmarks/scaling.py memory  [--small 50 --large 400 --size 1024 --object-size 256]
     python benchmarks/scaling.py scaling [--frames 60 --size 1024 --object-size 256]
-    python benchmarks/scaling.py all     # both, appended to benchmarks/RESULTS.md
+    python benchmarks/scaling.py ceiling [--size 1024 --object-size 256]
+    python benchmarks/scaling.py all     # all three, appended to benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,15 +107,89 @@ def scaling(args, workdir: Path) -> str:
     return "\n".join(lines)
 
 
+KERNEL_WORK = """
+import sys, time
+import numpy as np
+from holodask import fft
+from holodask.align import alignment_grid, aligned_spectrum, fit_to_average, initial_state
+from holodask.normalise import factor_grid, normalisation_factor, normalise_with_factor
+from holodask.reconstruct import extract_roi, reconstruct_hologram, sideband_geometry
+from holodask.params import FilterSpec
+
+size, object_size, frames = (int(v) for v in sys.argv[1:4])
+rng = np.random.default_rng(0)
+y, x = np.mgrid[:size, :size]
+holograms = [rng.poisson(200 * (1 + 0.8 * np.cos(2 * np.pi * (x * 0.25 + y * 0.125) + 0.1 * k))).astype(np.uint16)
+             for k in range(4)]
+margin = size // 40
+roi = (margin, margin, size - margin, size - margin)
+roi_shape = (roi[3] - roi[1], roi[2] - roi[0])
+sampling = 0.5
+carrier = (0.25 / sampling, 0.125 / sampling)  # (x, y) per nm
+geometry = sideband_geometry(roi_shape, sampling, carrier, (object_size, object_size), 0.186**2 * np.eye(2),
+                             FilterSpec("EDGE", None), None, 1, single_precision_mask=True)
+grid2 = factor_grid(roi_shape, (object_size, object_size))
+factor = normalisation_factor(np.ones((size, size), np.complex64), roi, (0, 0), grid2)
+grid = alignment_grid((object_size, object_size), geometry.sampling_out_nm, 300.0)
+
+def frame(k):
+    wave = reconstruct_hologram(extract_roi(holograms[k % 4], roi, (0, 0)), geometry)
+    wave = normalise_with_factor(wave, factor, (object_size, object_size))
+    average = fft.fft2(wave)
+    state = initial_state(1.0, 0.0)
+    for _ in range(9):
+        state = fit_to_average(wave, average, state, grid)
+        aligned_spectrum(wave, state, grid)
+
+frame(0)
+started = time.perf_counter()
+for k in range(frames):
+    frame(k)
+print(time.perf_counter() - started)
+"""
+
+
+def _kernel_seconds(processes: int, args) -> float:
+    """Wall time of ``processes`` processes running the kernel work at once."""
+    import subprocess
+
+    command = [sys.executable, "-c", KERNEL_WORK, str(args.size), str(args.object_size), str(args.ceiling_frames)]
+    started = time.perf_counter()
+    running = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    outputs = [p.communicate()[0] for p in running]
+    if any(p.returncode for p in running):
+        raise RuntimeError("kernel work failed")
+    del outputs
+    return time.perf_counter() - started
+
+
+def ceiling(args, workdir: Path) -> str:
+    rows = []
+    for _ in range(args.repeats):
+        one = _kernel_seconds(1, args)
+        two = _kernel_seconds(2, args)
+        rows.append((one, two, 2.0 * one / two))
+        print(f"one process {one:.2f} s, two at once {two:.2f} s: ceiling {2.0 * one / two:.2f}x", flush=True)
+    best = max(r[2] for r in rows)
+    lines = [f"Ceiling of the machine: the per-frame kernels ({args.size}² holograms, object_size "
+             f"{args.object_size}, {args.ceiling_frames} frames per process, with process start-up), "
+             "one process against two at once:", "",
+             "| one process s | two processes at once s | throughput 2 / 1 |", "|---|---|---|"]
+    lines += [f"| {a:.2f} | {b:.2f} | {c:.2f} |" for a, b, c in rows]
+    lines += ["", f"Best throughput ratio the machine gives two processes: **{best:.2f}×**"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["memory", "scaling", "all"])
+    ap.add_argument("what", choices=["memory", "scaling", "ceiling", "all"])
     ap.add_argument("--small", type=int, default=50)
     ap.add_argument("--large", type=int, default=400)
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--object-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--ceiling-frames", type=int, default=30, help="frames per process for the ceiling")
     ap.add_argument("--local", action="store_true", help="memory test on a LocalCluster instead of threads")
     ap.add_argument("--memory-limit", default="2GB")
     ap.add_argument("--scratch", action="store_true", help="memory test with --scratch")
@@ -119,6 +203,8 @@ def main(argv=None) -> int:
             parts.append(memory(args, workdir))
         if args.what in ("scaling", "all"):
             parts.append(scaling(args, workdir))
+        if args.what in ("ceiling", "all"):
+            parts.append(ceiling(args, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     text = "\n\n".join(parts)
