@@ -230,7 +230,7 @@ class HeldFrames:
         item = self.items[k]
         if self.client is not None and not isinstance(item, (np.ndarray, StoredFrame)):
             item = item.result()
-        return np.asarray(_load(item))
+        return _frame(np.asarray(_load(item)))
 
 
 def _store_frame(block, store: str, index: int):
@@ -239,10 +239,6 @@ def _store_frame(block, store: str, index: int):
 
     zarr.open_array(store=store, mode="r+")[index] = block[0] if block.ndim == 3 else block
     return StoredFrame(store, index)
-
-
-def _first_of_block(block):
-    return block[0] if block.ndim == 3 else block
 
 
 def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, also=()):
@@ -269,10 +265,9 @@ def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, al
         zarr.open_array(store=store, mode="w", shape=(n_frames, *shape), chunks=(1, *shape), dtype=np.complex64)
         for k, key in enumerate(keys):
             dsk[(name, k)] = (_store_frame, key, store, k)
+        held_keys = [(name, k) for k in range(n_frames)]
     else:
-        for k, key in enumerate(keys):
-            dsk[(name, k)] = (_first_of_block, key)
-    held_keys = [(name, k) for k in range(n_frames)]
+        held_keys = list(keys)
     if client is None:
         values = compute_graph(dsk, held_keys + list(also))
         return HeldFrames(list(values[:n_frames])), list(values[n_frames:])

@@ -153,7 +153,7 @@ def _saturation_counts(*counts) -> np.ndarray:
 
 def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_empty, roi, label, source,
                        out_shape):
-    """One raw frame block (1, H, W) to its normalised wave (1, ny, nx): ROI, sideband, empty."""
+    """One raw frame block (1, H, W) to its normalised wave (ny, nx): ROI, sideband, empty."""
     frame = extract_roi(block[0], roi, shift_xy)
     if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
         raise DataError(f"{label} of {source} holds NaN or Inf pixels")
@@ -162,7 +162,7 @@ def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_
         wave = normalise_with_factor(wave, factor, out_shape)
     elif big_empty is not None:
         wave = normalise(wave, big_empty, roi, shift_xy, out_shape)
-    return wave[None]
+    return wave
 
 
 def _reconstruction_graph(objects: FrameSeries, shifts, roi, geometry, big_empty, factor_grid, source, out_shape,
@@ -178,7 +178,7 @@ def _reconstruction_graph(objects: FrameSeries, shifts, roi, geometry, big_empty
     Returns
     -------
     (dsk, keys, counts_key): the graph (with the reading tasks), the keys of the
-    reconstructed frames ((1, ny, nx) complex64) and of the (N,) int64 counts.
+    reconstructed frames ((ny, nx) complex64) and of the (N,) int64 counts.
     """
     n_frames = objects.n_frames
     token = tokenize(objects.name, shifts, roi, out_shape, source, objects.frame_index)
@@ -205,7 +205,7 @@ def _reconstruction_graph(objects: FrameSeries, shifts, roi, geometry, big_empty
     counts_key = ("saturation-" + token,)
     keys = []
     for k, shift in enumerate(shift_list):
-        frame_key = objects.keys[k]
+        frame_key = objects.frame_task(k)
         dsk[(name, k)] = (_reconstruct_frame, frame_key, shift, factor_keys.get(shift), refs["geometry"],
                           None if factor_keys else refs["big_empty"], roi,
                           f"frame {int(objects.frame_index[k])}", source, out_shape)
@@ -313,7 +313,8 @@ def _empty_stage(params: HoloParams, objects: FrameSeries | None, client) -> _Em
     name = "reconstruct-empty-" + tokenize(empties.name, size, source)
     dsk = dict(empties.graph)
     for k, key in enumerate(empties.keys):
-        dsk[(name, k)] = (_reconstruct_empty_frame, key, geometry, f"frame {int(frame_index[k])}", source)
+        dsk[(name, k)] = (_reconstruct_empty_frame, empties.frame_task(k), geometry, f"frame {int(frame_index[k])}",
+                          source)
     keys = [(name, k) for k in range(empties.n_frames)]
     attrs = standard_attrs(params, sampling_nm=geometry.sampling_out_nm[::-1], carrier_per_nm=geometry.carrier_per_nm,
                            voltage_kV=empties.attrs.get("voltage_kV"), binning=binning,
@@ -388,7 +389,7 @@ def _raw_alignment(objects: FrameSeries, params: HoloParams, region, sampling, c
     token = tokenize(objects.name, region, window, source)
     spectrum_name, step_name = "align-spectrum-" + token, "raw-steps-" + token
     dsk = dict(objects.graph)
-    dsk.update({(spectrum_name, k): (_align_spectrum_frame, objects.keys[k], region, window,
+    dsk.update({(spectrum_name, k): (_align_spectrum_frame, objects.frame_task(k), region, window,
                                      f"frame {int(frame_index[k])}", source) for k in range(n_frames)})
     dsk.update({(step_name, k): (_correlate_block, (spectrum_name, k), (spectrum_name, k + 1), window)
                 for k in range(n_frames - 1)})
@@ -649,7 +650,7 @@ def _aligned_rois(objects: FrameSeries, shifts, roi, client):
     """The drift-moved ROI of every raw frame, computed and yielded one at a time."""
     name = "aligned-roi-" + tokenize(objects.name, shifts, roi)
     dsk = dict(objects.graph)
-    for k, key in enumerate(objects.keys):
-        dsk[(name, k)] = (_roi_frame, key, tuple(int(v) for v in shifts[k]), roi)
+    for k in range(objects.n_frames):
+        dsk[(name, k)] = (_roi_frame, objects.frame_task(k), tuple(int(v) for v in shifts[k]), roi)
     for k in range(objects.n_frames):
         yield np.asarray(compute_graph(dsk, [(name, k)], client)[0])

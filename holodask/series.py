@@ -115,6 +115,16 @@ class FrameSeries:
     def n_frames(self) -> int:
         return self.shape[0]
 
+    def frame_task(self, k: int):
+        """What a task of another graph takes for frame ``k``: the reading task itself,
+        inlined (so that frame k is read where that task runs, with no task of its
+        own), or the key of frame ``k`` where it depends on other tasks."""
+        key = self.keys[k]
+        task = self.graph.get(key)
+        if isinstance(task, tuple) and task and task[0] is read_source_frame:
+            return task
+        return key
+
     @property
     def defocus_nm(self) -> np.ndarray:
         return np.asarray(self.coords["defocus_nm"], dtype=float)
