@@ -11,11 +11,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# the editable install leaves holodask's bytecode to be compiled at every start
+# where PYTHONDONTWRITEBYTECODE is set; compile it once here
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m compileall -q holodask
 
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,cluster]'
+	$(BIN)/python -m compileall -q holodask
 
 demo: install
 	$(BIN)/holodask demo
