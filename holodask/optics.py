@@ -166,6 +166,16 @@ def _transform_buffers(kind: str, shape, axis: int | None = None):
     return buffer, run
 
 
+def _transpose_into(out: np.ndarray, a: np.ndarray) -> None:
+    """``out[...] = a.T``, in blocks of a few rows of ``a`` where its rows lie a
+    multiple of 2 KiB apart (read column-wise, such rows thrash the cache)."""
+    if a.strides[0] % 2048 or a.shape[0] <= 8:
+        out[...] = a.T
+        return
+    for start in range(0, a.shape[0], 8):
+        out[:, start:start + 8] = a[start:start + 8].T
+
+
 def _centred_window(n_from: int, n_to: int) -> tuple[slice, slice]:
     half = (min(n_from, n_to) - 1) // 2
     return slice(n_from // 2 - half, n_from // 2 + half + 1), slice(n_to // 2 - half, n_to // 2 + half + 1)
