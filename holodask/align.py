@@ -93,8 +93,14 @@ def correlation_window(shape, sampling_nm: float, cut_off_per_nm: float) -> Corr
 
 def window_spectrum(image: np.ndarray, window: CorrelationWindow) -> np.ndarray:
     """The low-frequency part of an image's spectrum that :func:`correlate_spectra` uses."""
-    along_x = fft.rfft_axis(np.asarray(image, dtype=np.float32), 1)[:, : window.n_columns]
-    return fft.fft_axis(np.ascontiguousarray(along_x), 0)[window.rows, :]
+    height = window.shape[0]
+    rows_in, run_rows = _transform_buffers("rfft", np.shape(image), axis=1)
+    rows_in[...] = image  # cast to float32 on the way in
+    along_x = run_rows()
+    # the kept columns transformed along y as contiguous rows (transposed)
+    columns_in, run_columns = _transform_buffers("fft", (window.n_columns, height), axis=1)
+    columns_in[...] = along_x[:, : window.n_columns].T
+    return np.ascontiguousarray(run_columns()[:, window.rows].T)
 
 
 def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: CorrelationWindow) -> tuple[int, int]:
@@ -109,14 +115,19 @@ def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: Correla
     cross = previous * np.conj(current)
     cross /= np.abs(cross) + 1e-4 * scale
     cross *= window.mask
-    columns = np.zeros((height, window.n_columns), dtype=np.complex64)
-    columns[window.rows, :] = cross
-    columns = fft.ifft_axis(columns, 0)
-    half = np.zeros((height, width // 2 + 1), dtype=np.complex64)
-    half[:, : window.n_columns] = columns
-    ccf = np.fft.fftshift(fft.irfft_axis(half, width, 1))
-    peak = np.unravel_index(int(np.argmax(ccf)), ccf.shape)
-    return int(peak[1] - width // 2), int(peak[0] - height // 2)
+    # unnormalised inverse transforms (the scale does not move the peak): along y as
+    # contiguous rows (transposed), then the half spectra along x
+    columns, run_columns = _transform_buffers("ifft", (window.n_columns, height), axis=1)
+    columns[...] = 0
+    columns[:, window.rows] = cross.T
+    columns = run_columns()
+    half, run_half = _transform_buffers("irfft", (height, width // 2 + 1), axis=1, n=width)
+    half[:, window.n_columns:] = 0
+    half[:, : window.n_columns] = columns.T
+    ccf = run_half()
+    peak_y, peak_x = np.unravel_index(int(np.argmax(ccf)), ccf.shape)
+    # as the peak of the centred (fftshift-ed) correlation
+    return int((peak_x + width // 2) % width - width // 2), int((peak_y + height // 2) % height - height // 2)
 
 
 def phase_correlate(previous: np.ndarray, current: np.ndarray, cut_off_per_nm: float, sampling_nm: float = 1.0) -> tuple[int, int]:

@@ -128,19 +128,20 @@ def mtf_array(terms, shape, binning: int = 1) -> np.ndarray:
 _scratch = threading.local()
 
 
-def _transform_buffers(kind: str, shape, axis: int | None = None):
+def _transform_buffers(kind: str, shape, axis: int | None = None, n: int | None = None):
     """Input buffer and runner of one *unnormalised* transform, for kernels that
     fill the input in place and read the output without copies.
 
-    ``kind``: fft2, ifft2, or the 1-D fft, ifft, rfft along ``axis``. Returns
-    ``(input, run)``; ``run()`` returns the output array. Both belong to this
-    thread and are overwritten by the next transform of the same kind and
-    shape here: copy what must outlive it.
+    ``kind``: fft2, ifft2, or the 1-D fft, ifft, rfft, irfft (onto ``n``
+    points) along ``axis``. Returns ``(input, run)``; ``run()`` returns the
+    output array. Both belong to this thread and are overwritten by the next
+    transform of the same kind and shape here: copy what must outlive it. An
+    irfft may overwrite its input.
     """
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(np.float32 if kind == "rfft" else np.complex64)
     if fft.backend() == "pyfftw":
-        plan = fft._plan(kind, shape, dtype, axis=axis)
+        plan = fft._plan(kind, shape, dtype, out_shape=None if n is None else int(n), axis=axis)
 
         def run():
             plan.execute()
@@ -159,9 +160,12 @@ def _transform_buffers(kind: str, shape, axis: int | None = None):
     options = {"workers": fft.get_fft_threads(), "norm": "forward" if kind.startswith("i") else "backward"}
     if axis is not None:
         options["axis"] = axis
+    if n is not None:
+        options["n"] = int(n)
+    out_dtype = np.float32 if kind == "irfft" else np.complex64
 
     def run():
-        return np.asarray(function(buffer, **options), dtype=np.complex64)
+        return np.asarray(function(buffer, **options), dtype=out_dtype)
 
     return buffer, run
 
