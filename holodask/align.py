@@ -34,6 +34,7 @@ __all__ = [
     "correlation_window",
     "window_spectrum",
     "correlate_spectra",
+    "correlation_fft_plans",
     "AlignmentGrid",
     "alignment_grid",
     "fit_to_average",
@@ -128,6 +129,15 @@ def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: Correla
     peak_y, peak_x = np.unravel_index(int(np.argmax(ccf)), ccf.shape)
     # as the peak of the centred (fftshift-ed) correlation
     return int((peak_x + width // 2) % width - width // 2), int((peak_y + height // 2) % height - height // 2)
+
+
+def correlation_fft_plans(window: CorrelationWindow) -> list[tuple]:
+    """The transforms :func:`window_spectrum` and :func:`correlate_spectra` run, as
+    ``(kind, shape, out_shape, axis)`` for :func:`holodask.fft.prepare`."""
+    height, width = window.shape
+    columns = (window.n_columns, height)
+    return [("rfft", window.shape, None, 1), ("fft", columns, None, 1), ("ifft", columns, None, 1),
+            ("irfft", (height, width // 2 + 1), width, 1)]
 
 
 def phase_correlate(previous: np.ndarray, current: np.ndarray, cut_off_per_nm: float, sampling_nm: float = 1.0) -> tuple[int, int]:

@@ -17,13 +17,22 @@ from holodask import fft
 from holodask.optics import _transform_buffers, _transpose_into, fourier_downsample, fourier_upsample
 from holodask.reconstruct import moved_roi
 
-__all__ = ["ConstantEmpty", "factor_grid", "normalisation_factor", "normalise", "normalise_with_factor"]
+__all__ = ["ConstantEmpty", "factor_grid", "fft_plans", "normalisation_factor", "normalise", "normalise_with_factor"]
 
 
 def factor_grid(roi_shape, out_shape) -> tuple[int, int] | None:
     """Grid of :func:`normalisation_factor`: twice the output size, if the ROI is that large."""
     grid = (2 * int(out_shape[0]), 2 * int(out_shape[1]))
     return grid if roi_shape[0] >= grid[0] and roi_shape[1] >= grid[1] else None
+
+
+def fft_plans(wave_shape, grid, out_shape) -> list[tuple]:
+    """The transforms :func:`normalise_with_factor` runs for waves of ``wave_shape`` and a
+    factor on ``grid``, as ``(kind, shape, out_shape, axis)`` for :func:`holodask.fft.prepare`."""
+    (ny, nx), (my, mx), (oy, ox) = (tuple(int(v) for v in s) for s in (wave_shape, grid, out_shape))
+    keep_up, keep_down = 2 * ((ny - 1) // 2) + 1, 2 * ((oy - 1) // 2) + 1
+    return [("fft2", (ny, nx), None, None), ("ifft", (keep_up, mx), None, 1), ("ifft", (mx, my), None, 1),
+            ("fft", (mx, my), None, 1), ("fft", (keep_down, mx), None, 1), ("ifft2", (oy, ox), None, None)]
 
 
 def normalisation_factor(big_empty: np.ndarray, roi, shift_xy, grid) -> np.ndarray:

@@ -25,6 +25,7 @@ __all__ = [
     "reconstruct_hologram",
     "moved_roi",
     "extract_roi",
+    "fft_plans",
 ]
 
 
@@ -244,6 +245,14 @@ def reconstruct_hologram(frame: np.ndarray, geometry: SidebandGeometry) -> np.nd
     if geometry.ramp is not None:
         return np.multiply(wave, geometry.ramp)
     return wave.copy()
+
+
+def fft_plans(geometry: SidebandGeometry) -> list[tuple]:
+    """The transforms :func:`reconstruct_hologram` runs, as ``(kind, shape, out_shape, axis)``
+    for :func:`holodask.fft.prepare`."""
+    height = geometry.image_shape[0]
+    return [("rfft", geometry.image_shape, None, 1), ("fft", (len(geometry.used_columns), height), None, 1),
+            ("ifft2", geometry.out_shape, None, None)]
 
 
 def moved_roi(roi, shift_xy) -> tuple[int, int, int, int]:
