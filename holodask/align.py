@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from holodask import fft
-from holodask.optics import wavelength_nm
+from holodask.optics import _transform_buffers, wavelength_nm
 
 __all__ = [
     "STATE_SIZE",
@@ -34,12 +34,14 @@ __all__ = [
     "correlation_window",
     "window_spectrum",
     "correlate_spectra",
+    "correlation_fft_plans",
     "AlignmentGrid",
     "alignment_grid",
     "fit_to_average",
     "model_error",
     "model_wave",
     "aligned_spectrum",
+    "wave_spectrum",
 ]
 
 STATE_SIZE = 7
@@ -92,8 +94,14 @@ def correlation_window(shape, sampling_nm: float, cut_off_per_nm: float) -> Corr
 
 def window_spectrum(image: np.ndarray, window: CorrelationWindow) -> np.ndarray:
     """The low-frequency part of an image's spectrum that :func:`correlate_spectra` uses."""
-    along_x = fft.rfft_axis(np.asarray(image, dtype=np.float32), 1)[:, : window.n_columns]
-    return fft.fft_axis(np.ascontiguousarray(along_x), 0)[window.rows, :]
+    height = window.shape[0]
+    rows_in, run_rows = _transform_buffers("rfft", np.shape(image), axis=1)
+    rows_in[...] = image  # cast to float32 on the way in
+    along_x = run_rows()
+    # the kept columns transformed along y as contiguous rows (transposed)
+    columns_in, run_columns = _transform_buffers("fft", (window.n_columns, height), axis=1)
+    columns_in[...] = along_x[:, : window.n_columns].T
+    return np.ascontiguousarray(run_columns()[:, window.rows].T)
 
 
 def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: CorrelationWindow) -> tuple[int, int]:
@@ -108,14 +116,28 @@ def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: Correla
     cross = previous * np.conj(current)
     cross /= np.abs(cross) + 1e-4 * scale
     cross *= window.mask
-    columns = np.zeros((height, window.n_columns), dtype=np.complex64)
-    columns[window.rows, :] = cross
-    columns = fft.ifft_axis(columns, 0)
-    half = np.zeros((height, width // 2 + 1), dtype=np.complex64)
-    half[:, : window.n_columns] = columns
-    ccf = np.fft.fftshift(fft.irfft_axis(half, width, 1))
-    peak = np.unravel_index(int(np.argmax(ccf)), ccf.shape)
-    return int(peak[1] - width // 2), int(peak[0] - height // 2)
+    # unnormalised inverse transforms (the scale does not move the peak): along y as
+    # contiguous rows (transposed), then the half spectra along x
+    columns, run_columns = _transform_buffers("ifft", (window.n_columns, height), axis=1)
+    columns[...] = 0
+    columns[:, window.rows] = cross.T
+    columns = run_columns()
+    half, run_half = _transform_buffers("irfft", (height, width // 2 + 1), axis=1, n=width)
+    half[:, window.n_columns:] = 0
+    half[:, : window.n_columns] = columns.T
+    ccf = run_half()
+    peak_y, peak_x = np.unravel_index(int(np.argmax(ccf)), ccf.shape)
+    # as the peak of the centred (fftshift-ed) correlation
+    return int((peak_x + width // 2) % width - width // 2), int((peak_y + height // 2) % height - height // 2)
+
+
+def correlation_fft_plans(window: CorrelationWindow) -> list[tuple]:
+    """The transforms :func:`window_spectrum` and :func:`correlate_spectra` run, as
+    ``(kind, shape, out_shape, axis)`` for :func:`holodask.fft.prepare`."""
+    height, width = window.shape
+    columns = (window.n_columns, height)
+    return [("rfft", window.shape, None, 1), ("fft", columns, None, 1), ("ifft", columns, None, 1),
+            ("irfft", (height, width // 2 + 1), width, 1)]
 
 
 def phase_correlate(previous: np.ndarray, current: np.ndarray, cut_off_per_nm: float, sampling_nm: float = 1.0) -> tuple[int, int]:
@@ -219,15 +241,31 @@ def model_error(wave: np.ndarray, average_spectrum: np.ndarray, state: np.ndarra
     return float(np.vdot(residual, residual).real)
 
 
-def aligned_spectrum(wave: np.ndarray, state: np.ndarray, grid: AlignmentGrid) -> np.ndarray:
-    """Spectrum of a wave moved onto the average (inverse of the model), complex64."""
+def wave_spectrum(wave: np.ndarray) -> np.ndarray:
+    """The spectrum of a wave (complex64) that :func:`aligned_spectrum` can reuse."""
+    return fft.fft2(wave)
+
+
+def aligned_spectrum(wave: np.ndarray, state: np.ndarray, grid: AlignmentGrid, spectrum=None) -> np.ndarray:
+    """Spectrum of a wave moved onto the average (inverse of the model), complex64.
+
+    ``spectrum``: the wave's own spectrum (:func:`wave_spectrum`), if already
+    known; used when the state has no tilt (the same numbers, one FFT less).
+    """
     ramp = _tilt_ramp(state, grid, -1.0, full=True)
-    moved = wave if ramp is None else wave * ramp
-    spectrum = fft.fft2(moved)
     along_y, along_x = _propagator_factors(state, grid, -1.0)
-    spectrum *= along_y * np.complex64(1.0 / _factor(state))
-    spectrum *= along_x
-    return spectrum
+    along_y *= np.complex64(1.0 / _factor(state))
+    if ramp is None and spectrum is not None:
+        moved = np.multiply(spectrum, along_y)
+    else:
+        source, run = _transform_buffers("fft2", grid.shape)
+        if ramp is None:
+            source[...] = wave
+        else:
+            np.multiply(wave, ramp, out=source)
+        moved = np.multiply(run(), along_y)
+    moved *= along_x
+    return moved
 
 
 _TWO_PI = 2.0 * np.pi
@@ -330,7 +368,6 @@ def fit_to_average(
     inner = grid.inner
     target = np.ascontiguousarray(np.asarray(wave)[inner], dtype=np.complex64)
     n_pixels = grid.shape[0] * grid.shape[1]
-
     fourier = ([2, 3] if fit_shift else []) + ([6] if fit_defocus else [])
     # d(spectrum)/dp / spectrum = i * (real multiplier); the real multipliers act on the
     # (ny, 2 nx) float32 view of a spectrum (re/im interleaved along x)
@@ -340,8 +377,6 @@ def fit_to_average(
         multipliers[3] = np.repeat((2.0 * np.pi * grid.qx).astype(np.float32), 2, axis=1)
     if fit_defocus:
         multipliers[6] = np.repeat((-np.pi * grid.wavelength_nm * grid.q2).astype(np.float32), 2, axis=1)
-    weighted = np.empty(grid.shape, dtype=np.complex64)  # spectrum times a multiplier
-    weighted_real = weighted.view(np.float32)
     tilts = [4, 5] if fit_tilt else []
     coordinates = {4: np.complex64(2j * np.pi) * grid.y, 5: np.complex64(2j * np.pi) * grid.x}
     free = sorted([0, 1] + fourier + tilts)
@@ -352,12 +387,19 @@ def fit_to_average(
     jacobian_real = jacobian.reshape(n_free, -1).view(np.float32)
     any_tilt = bool(tilts) or state[4] != 0.0 or state[5] != 0.0
 
+    # the inverse FFTs run in their own buffers; only the inner region is read back
+    inverse_in, inverse = _transform_buffers("ifft2", grid.shape)
+    inverse_in_real = inverse_in.view(np.float32)
+    to_inverse = np.float32(1.0 / n_pixels)
+
     def evaluate(s):
         """Spectrum moved by ``s``, base (inner, with tilt, no factor), residual, cost."""
         spectrum = _moved_spectrum(average_spectrum, s, grid)
         ramp = _tilt_ramp(s, grid, +1.0) if any_tilt else None
-        base = fft.ifft2(spectrum)[inner]  # contiguous below: BLAS dot products would copy it
-        base = np.ascontiguousarray(base) if ramp is None else base * ramp
+        inverse_in[...] = spectrum
+        base = np.multiply(inverse()[inner], to_inverse)  # contiguous: BLAS dot products would copy a view
+        if ramp is not None:
+            base *= ramp
         residual = base * np.complex64(_factor(s))
         residual -= target
         cost = float(np.vdot(residual, residual).real)
@@ -383,8 +425,9 @@ def fit_to_average(
         spectrum_real = spectrum.view(np.float32)
         for index in fourier:
             out = jacobian[row[index]]
-            np.multiply(spectrum_real, multipliers[index], out=weighted_real)
-            np.multiply(fft.ifft2(weighted)[inner], np.complex64(1j) * factor, out=out)
+            np.multiply(spectrum_real, multipliers[index], out=inverse_in_real)
+            np.multiply(inverse()[inner], to_inverse, out=out)
+            out *= np.complex64(1j) * factor
             if ramp is not None:
                 out *= ramp
         for index in tilts:
@@ -417,9 +460,13 @@ def fit_to_average(
         if fourier:
             # sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R) S k_a k_b (Parseval), with R
             # the spectrum of the residual (tilt ramp taken off) zero outside the inner region
-            padded = np.zeros(grid.shape, dtype=np.complex64)
-            padded[inner] = residual if ramp is None else residual * np.conj(ramp)
-            weights = fft.fft2(padded)
+            padded, forward = _transform_buffers("fft2", grid.shape)
+            padded[...] = 0
+            if ramp is None:
+                padded[inner] = residual
+            else:
+                np.multiply(residual, np.conj(ramp), out=padded[inner])
+            weights = forward()  # the transform's own buffer, used up here
             np.conjugate(weights, out=weights)
             weights *= spectrum
             scale = factor_c / n_pixels

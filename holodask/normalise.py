@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from holodask import fft
-from holodask.optics import fourier_downsample, fourier_upsample
+from holodask.optics import _transform_buffers, _transpose_into, fourier_downsample, fourier_upsample
 from holodask.reconstruct import moved_roi
 
-__all__ = ["ConstantEmpty", "factor_grid", "normalisation_factor", "normalise", "normalise_with_factor"]
+__all__ = ["ConstantEmpty", "factor_grid", "fft_plans", "normalisation_factor", "normalise", "normalise_with_factor"]
 
 
 def factor_grid(roi_shape, out_shape) -> tuple[int, int] | None:
@@ -26,11 +26,21 @@ def factor_grid(roi_shape, out_shape) -> tuple[int, int] | None:
     return grid if roi_shape[0] >= grid[0] and roi_shape[1] >= grid[1] else None
 
 
+def fft_plans(wave_shape, grid, out_shape) -> list[tuple]:
+    """The transforms :func:`normalise_with_factor` runs for waves of ``wave_shape`` and a
+    factor on ``grid``, as ``(kind, shape, out_shape, axis)`` for :func:`holodask.fft.prepare`."""
+    (ny, nx), (my, mx), (oy, ox) = (tuple(int(v) for v in s) for s in (wave_shape, grid, out_shape))
+    keep_up, keep_down = 2 * ((ny - 1) // 2) + 1, 2 * ((oy - 1) // 2) + 1
+    return [("fft2", (ny, nx), None, None), ("ifft", (keep_up, mx), None, 1), ("ifft", (mx, my), None, 1),
+            ("fft", (mx, my), None, 1), ("fft", (keep_down, mx), None, 1), ("ifft2", (oy, ox), None, None)]
+
+
 def normalisation_factor(big_empty: np.ndarray, roi, shift_xy, grid) -> np.ndarray:
     """1 / (empty wave under the drift-moved ROI), Fourier-resampled to ``grid``.
 
     Divides where the ROI lies on the camera, 1 elsewhere (as the reference).
-    Scaled so that it multiplies Fourier-interpolated values.
+    Scaled so that it multiplies Fourier-interpolated values. Stored in Fortran
+    order (its transpose is contiguous), as :func:`normalise_with_factor` uses it.
     """
     left, top, right, bottom = moved_roi(roi, shift_xy)
     roi_shape = (bottom - top, right - left)
@@ -41,7 +51,7 @@ def normalisation_factor(big_empty: np.ndarray, roi, shift_xy, grid) -> np.ndarr
     if y1 > y0 and x1 > x0:
         inverse[y0 - top:y1 - top, x0 - left:x1 - left] = 1.0 / big_empty[y0:y1, x0:x1]
     scale = np.float32(grid[0] * grid[1] / (roi_shape[0] * roi_shape[1]))
-    return (fourier_downsample(inverse, grid) * scale).astype(np.complex64)
+    return np.asfortranarray((fourier_downsample(inverse, grid) * scale).astype(np.complex64))
 
 
 def normalise_with_factor(wave: np.ndarray, factor: np.ndarray, out_shape) -> np.ndarray:
@@ -54,10 +64,53 @@ def normalise_with_factor(wave: np.ndarray, factor: np.ndarray, out_shape) -> np
     holds all of them without aliasing, so multiplying there by 1/empty
     resampled to it (one ROI-size transform per distinct raw shift, not two per
     hologram) gives the same numbers.
+
+    The six 1-D passes run over contiguous memory, on the fine grid transposed
+    (x, y), and only over the rows that hold kept frequencies.
     """
-    big = fourier_upsample(wave, factor.shape)
-    big *= factor
-    return fourier_downsample(big, out_shape).astype(np.complex64)
+    wave = np.asarray(wave)
+    ny, nx = wave.shape
+    my, mx = factor.shape
+    oy, ox = int(out_shape[0]), int(out_shape[1])
+    if my < ny or mx < nx or oy > my or ox > mx:
+        big = fourier_upsample(wave, factor.shape)
+        big *= factor
+        return fourier_downsample(big, out_shape).astype(np.complex64)
+    factor_t = factor.T if factor.T.flags.c_contiguous else np.ascontiguousarray(factor.T)
+    hy, hx = (ny - 1) // 2, (nx - 1) // 2  # frequencies -h..h kept on the way up
+    gy, gx = (oy - 1) // 2, (ox - 1) // 2  # and on the way down
+    # the wave's spectrum; its kept rows interpolated along x to mx
+    wave_in, run = _transform_buffers("fft2", (ny, nx))
+    wave_in[...] = wave
+    spectrum = run()
+    rows, run = _transform_buffers("ifft", (2 * hy + 1, mx), axis=1)
+    scale = np.float32(1.0 / (my * mx))
+    for source_y, target_y in ((slice(0, hy + 1), slice(0, hy + 1)), (slice(ny - hy, ny), slice(hy + 1, 2 * hy + 1))):
+        np.multiply(spectrum[source_y, :hx + 1], scale, out=rows[target_y, :hx + 1])
+        np.multiply(spectrum[source_y, nx - hx:], scale, out=rows[target_y, mx - hx:])
+    rows[:, hx + 1:mx - hx] = 0
+    rows = run()
+    # transposed: every column along y to my, times 1/empty there, back along y
+    columns, run = _transform_buffers("ifft", (mx, my), axis=1)
+    _transpose_into(columns[:, :hy + 1], rows[:hy + 1])
+    _transpose_into(columns[:, my - hy:], rows[hy + 1:])
+    columns[:, hy + 1:my - hy] = 0
+    big_t = run()
+    product, run = _transform_buffers("fft", (mx, my), axis=1)
+    np.multiply(big_t, factor_t, out=product)
+    along_y = run()
+    # the kept rows of the product's spectrum along x, then the output
+    kept, run = _transform_buffers("fft", (2 * gy + 1, mx), axis=1)
+    _transpose_into(kept[:gy + 1], along_y[:, :gy + 1])
+    _transpose_into(kept[gy + 1:], along_y[:, my - gy:])
+    kept = run()
+    small, run = _transform_buffers("ifft2", (oy, ox))
+    small[...] = 0
+    small[:gy + 1, :gx + 1] = kept[:gy + 1, :gx + 1]
+    small[:gy + 1, ox - gx:] = kept[:gy + 1, mx - gx:]
+    small[oy - gy:, :gx + 1] = kept[gy + 1:, :gx + 1]
+    small[oy - gy:, ox - gx:] = kept[gy + 1:, mx - gx:]
+    return np.multiply(run(), np.float32(1.0 / (oy * ox)))
 
 
 @dataclass(frozen=True)

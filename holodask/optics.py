@@ -13,6 +13,7 @@ Masks, frequency grids and propagators are cached per shape.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -122,6 +123,61 @@ def mtf_array(terms, shape, binning: int = 1) -> np.ndarray:
             raise ValueError(f"unknown MTF term {kind!r}")
     total *= np.sinc(qx * binning) * np.sinc(qy * binning)
     return total.astype(np.float32)
+
+
+_scratch = threading.local()
+
+
+def _transform_buffers(kind: str, shape, axis: int | None = None, n: int | None = None):
+    """Input buffer and runner of one *unnormalised* transform, for kernels that
+    fill the input in place and read the output without copies.
+
+    ``kind``: fft2, ifft2, or the 1-D fft, ifft, rfft, irfft (onto ``n``
+    points) along ``axis``. Returns ``(input, run)``; ``run()`` returns the
+    output array. Both belong to this thread and are overwritten by the next
+    transform of the same kind and shape here: copy what must outlive it. An
+    irfft may overwrite its input.
+    """
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(np.float32 if kind == "rfft" else np.complex64)
+    if fft.backend() == "pyfftw":
+        plan = fft._plan(kind, shape, dtype, out_shape=None if n is None else int(n), axis=axis)
+
+        def run():
+            plan.execute()
+            return plan.output_array
+
+        return plan.input_array, run
+    import scipy.fft
+
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = {}
+    buffer = buffers.get((kind, shape, dtype.str))
+    if buffer is None:
+        buffer = buffers[(kind, shape, dtype.str)] = np.empty(shape, dtype=dtype)
+    function = getattr(scipy.fft, kind)
+    options = {"workers": fft.get_fft_threads(), "norm": "forward" if kind.startswith("i") else "backward"}
+    if axis is not None:
+        options["axis"] = axis
+    if n is not None:
+        options["n"] = int(n)
+    out_dtype = np.float32 if kind == "irfft" else np.complex64
+
+    def run():
+        return np.asarray(function(buffer, **options), dtype=out_dtype)
+
+    return buffer, run
+
+
+def _transpose_into(out: np.ndarray, a: np.ndarray) -> None:
+    """``out[...] = a.T``, in blocks of a few rows of ``a`` where its rows lie a
+    multiple of 2 KiB apart (read column-wise, such rows thrash the cache)."""
+    if a.strides[0] % 2048 or a.shape[0] <= 8:
+        out[...] = a.T
+        return
+    for start in range(0, a.shape[0], 8):
+        out[:, start:start + 8] = a[start:start + 8].T
 
 
 def _centred_window(n_from: int, n_to: int) -> tuple[slice, slice]:

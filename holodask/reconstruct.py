@@ -3,7 +3,9 @@
 :func:`sideband_geometry` works out once per series where the sideband sits,
 which part of the spectrum is cut out, the mask (with the MTF divided out) and
 the sub-pixel phase ramp; :func:`reconstruct_hologram` then turns one
-hologram (ROI) into a complex64 wave with one real FFT and one small inverse FFT.
+hologram (ROI) into a complex64 wave with one real FFT (rows, then only the
+columns the sideband needs, transposed so that every 1-D transform runs over
+contiguous memory) and one small inverse FFT.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from holodask import fft
 from holodask.errors import ParameterError
-from holodask.optics import filter_function, mtf_array
+from holodask.optics import _transform_buffers, filter_function, mtf_array
 from holodask.params import FilterSpec
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "reconstruct_hologram",
     "moved_roi",
     "extract_roi",
+    "fft_plans",
 ]
 
 
@@ -41,6 +44,12 @@ class SidebandGeometry:
     dst : (y0, y1, x0, x1) of the kept pixels inside the centred output spectrum.
     weights : mask divided by the MTF on the kept pixels (float32).
     ramp : complex64 ``exp(-2 pi i w.r)`` removing the sub-pixel carrier.
+    column_slice : ``used_columns`` as a slice when they are consecutive (else None).
+    source : for each pixel of the *unshifted* output spectrum, its flat index in
+        the column spectra ``(len(used_columns), H)`` (0 where nothing is kept).
+    out_weights : ``weights`` at the unshifted output pixels, divided by the number of
+        output pixels (the inverse FFT's normalisation), 0 where nothing is kept.
+    out_conjugate : which unshifted output pixels are conjugated (None: none).
     carrier_per_nm : (x, y) carrier in 1/nm.
     sampling_out_nm : (y, x) pixel size of the reconstruction in nm.
     """
@@ -57,6 +66,10 @@ class SidebandGeometry:
     ramp: np.ndarray | None
     carrier_per_nm: tuple[float, float]
     sampling_out_nm: tuple[float, float]
+    column_slice: slice | None = None
+    source: np.ndarray | None = None
+    out_weights: np.ndarray | None = None
+    out_conjugate: np.ndarray | None = None
 
 
 def _shifted_frequencies(n: int, spacing: float, carrier: float, dtype) -> np.ndarray:
@@ -160,6 +173,20 @@ def sideband_geometry(
 
     used_columns, local_cols = np.unique(cols, return_inverse=True)
     local_cols = local_cols.reshape(cols.shape)
+    consecutive = len(used_columns) > 0 and np.all(np.diff(used_columns) == 1)
+    column_slice = slice(int(used_columns[0]), int(used_columns[-1]) + 1) if consecutive else None
+    # the kept pixels in the unshifted output spectrum (what ifftshift would do)
+    out_y = (np.arange(dst[0], dst[1]) - ny // 2) % ny
+    out_x = (np.arange(dst[2], dst[3]) - nx // 2) % nx
+    at = np.ix_(out_y, out_x)
+    source = np.zeros((ny, nx), dtype=np.intp)
+    source[at] = local_cols * height + rows
+    out_weights = np.zeros((ny, nx), dtype=np.float32)
+    out_weights[at] = weights * np.float32(1.0 / (ny * nx))
+    out_conjugate = None
+    if np.any(conjugate):
+        out_conjugate = np.zeros((ny, nx), dtype=bool)
+        out_conjugate[at] = conjugate[None, :]
     sampling_out = (sy * height / ny, sx * width / nx)
     fraction = (carrier_px - int_carrier) / np.array([height, width]) / np.array([sy, sx])  # 1/nm
     if np.allclose(fraction, 0.0):
@@ -181,6 +208,10 @@ def sideband_geometry(
         ramp=ramp,
         carrier_per_nm=(cx, cy),
         sampling_out_nm=sampling_out,
+        column_slice=column_slice,
+        source=source,
+        out_weights=out_weights,
+        out_conjugate=out_conjugate,
     )
 
 
@@ -192,18 +223,36 @@ def reconstruct_hologram(frame: np.ndarray, geometry: SidebandGeometry) -> np.nd
     frame = np.asarray(frame)
     if frame.shape != geometry.image_shape:
         raise ValueError(f"hologram of shape {frame.shape}, expected {geometry.image_shape}")
-    # the 2-D FFT in two passes, the second only over the columns the sideband needs
-    along_x = fft.rfft_axis(frame.astype(np.float32, copy=False), 1)
-    along_y = fft.fft_axis(np.ascontiguousarray(along_x[:, geometry.used_columns]), 0)
-    kept = along_y[geometry.rows, geometry.local_cols]
-    np.conjugate(kept, out=kept, where=geometry.conjugate)
-    side = np.zeros(geometry.out_shape, dtype=np.complex64)
-    y0, y1, x0, x1 = geometry.dst
-    side[y0:y1, x0:x1] = kept * geometry.weights
-    wave = fft.ifft2(np.fft.ifftshift(side))
+    # the 2-D FFT in two passes: rows, then (transposed, so contiguous) only the
+    # columns the sideband needs; no copies of the transforms' buffers
+    height = geometry.image_shape[0]
+    rows_in, run_rows = _transform_buffers("rfft", geometry.image_shape, axis=1)
+    rows_in[...] = frame  # cast to float32 on the way in
+    along_x = run_rows()
+    columns_in, run_columns = _transform_buffers("fft", (len(geometry.used_columns), height), axis=1)
+    if geometry.column_slice is not None:
+        columns_in[...] = along_x[:, geometry.column_slice].T
+    else:
+        columns_in[...] = along_x[:, geometry.used_columns].T
+    columns = run_columns().reshape(-1)
+    # the masked sideband, already in the unshifted order of the inverse FFT
+    side, run_inverse = _transform_buffers("ifft2", geometry.out_shape)
+    np.take(columns, geometry.source, out=side, mode="clip")
+    if geometry.out_conjugate is not None:
+        np.conjugate(side, out=side, where=geometry.out_conjugate)
+    side *= geometry.out_weights
+    wave = run_inverse()
     if geometry.ramp is not None:
-        wave *= geometry.ramp
-    return wave.astype(np.complex64, copy=False)
+        return np.multiply(wave, geometry.ramp)
+    return wave.copy()
+
+
+def fft_plans(geometry: SidebandGeometry) -> list[tuple]:
+    """The transforms :func:`reconstruct_hologram` runs, as ``(kind, shape, out_shape, axis)``
+    for :func:`holodask.fft.prepare`."""
+    height = geometry.image_shape[0]
+    return [("rfft", geometry.image_shape, None, 1), ("fft", (len(geometry.used_columns), height), None, 1),
+            ("ifft2", geometry.out_shape, None, None)]
 
 
 def moved_roi(roi, shift_xy) -> tuple[int, int, int, int]:

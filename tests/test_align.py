@@ -19,6 +19,7 @@ from holodask.align import (
     model_error,
     model_wave,
     phase_correlate,
+    wave_spectrum,
 )
 from holodask.average import average_series
 
@@ -47,6 +48,16 @@ def test_phase_correlate_finds_integer_drift():
     # the reference's raw_shift sign: a feature moving by +d gives -d
     assert phase_correlate(image, moved, cut_off_per_nm=0.5, sampling_nm=SAMPLING) == (7, -5)
     assert phase_correlate(image, image, cut_off_per_nm=0.5, sampling_nm=SAMPLING) == (0, 0)
+
+
+@pytest.mark.parametrize("shape, drift", [((97, 130), (-12, 21)), ((128, 96), (30, -40)), ((75, 75), (0, 1))])
+def test_phase_correlate_on_any_shape(shape, drift):
+    rng = np.random.default_rng(3)
+    size = max(shape)
+    image = (np.abs(_smooth_wave(size, band=0.15)) ** 2 * 100)[: shape[0], : shape[1]]
+    image = image + rng.normal(size=shape)
+    moved = np.roll(image, drift, axis=(0, 1))
+    assert phase_correlate(image, moved, cut_off_per_nm=0.5, sampling_nm=SAMPLING) == (-drift[1], -drift[0])
 
 
 def test_fit_recovers_shift_tilt_defocus_and_factor():
@@ -112,6 +123,19 @@ def test_aligned_spectrum_inverts_the_model():
     observed = _transformed(wave, state, grid).astype(np.complex64)
     back = fft.ifft2(aligned_spectrum(observed, state, grid))
     np.testing.assert_allclose(back, wave, atol=2e-4)
+
+
+def test_aligned_spectrum_reuses_a_precomputed_spectrum():
+    n = 64
+    wave = _smooth_wave(n).astype(np.complex64)
+    grid = alignment_grid((n, n), SAMPLING, 300.0)
+    spectrum = wave_spectrum(wave)
+    np.testing.assert_allclose(spectrum, np.fft.fft2(wave), atol=1e-4 * np.abs(spectrum).max())
+    state = initial_state(0.7 + 0.2j, defocus_nm=100.0)
+    state[2:4] = [0.4, -0.3]
+    assert np.array_equal(aligned_spectrum(wave, state, grid, spectrum=spectrum), aligned_spectrum(wave, state, grid))
+    state[4:6] = [0.002, 0.001]  # with a tilt the spectrum cannot be reused (and is not)
+    assert np.array_equal(aligned_spectrum(wave, state, grid, spectrum=spectrum), aligned_spectrum(wave, state, grid))
 
 
 def _series(n=64, n_frames=6, noise=0.05, seed=1, tilts=False):

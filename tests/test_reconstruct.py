@@ -58,6 +58,28 @@ def test_reconstruction_equals_direct_computation(kind, order):
     np.testing.assert_allclose(ours, expected, atol=2e-6 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("shape, carrier_px, size", [
+    ((96, 130), (-30, 20), 48),  # sideband in the conjugated half of the real FFT
+    ((96, 130), (5, 16), 48),  # cut-out straddles kx = 0 (partly conjugated)
+    ((97, 130), (-41, -10), 48),  # cut-out reaches the Nyquist column
+    ((101, 99), (20, -25), 48),  # odd sizes
+])
+def test_reconstruction_equals_direct_computation_anywhere(shape, carrier_px, size):
+    """Sidebands anywhere in the spectrum: the pruned, transposed transforms give the textbook result."""
+    sampling, cut_off = 0.5, 0.2
+    frame = _hologram(smooth_wave(max(shape))[: shape[0], : shape[1]], carrier_px)
+    centre = (shape[1] // 2 + carrier_px[0], shape[0] // 2 + carrier_px[1])
+    carrier = carrier_per_nm(centre, shape, sampling)
+    geometry = sideband_geometry(shape, sampling, carrier, (size, size), np.eye(2) * cut_off**2)
+    ours = reconstruct_hologram(frame.astype(np.float32), geometry)
+    expected = _direct_reconstruction(frame, sampling, carrier, size, cut_off)
+    np.testing.assert_allclose(ours, expected, atol=2e-6 * np.abs(expected).max())
+    # the transforms' buffers are reused: a second frame gives its own result
+    again = reconstruct_hologram((2 * frame).astype(np.float32), geometry)
+    np.testing.assert_allclose(again, 2 * expected, atol=4e-6 * np.abs(expected).max())
+    assert not np.shares_memory(ours, again)
+
+
 def test_reconstruction_recovers_the_wave():
     n, size = 128, 64
     wave = smooth_wave(n)
@@ -213,3 +235,30 @@ def test_reconstruction_equals_reference_on_real_hologram(fe_needle, roi_shape, 
     geometry = sideband_geometry(roi_shape, sampling, carrier, (size, size), cut_off2, FilterSpec(kind, order), terms)
     ours = reconstruct_hologram(frame, geometry)
     assert np.abs(ours - expected).max() < 2e-6 * np.abs(expected).max()
+
+
+def test_fft_plans_list_the_transforms_the_kernels_run(monkeypatch):
+    """The plan lists (for the pipeline's shared wisdom) cover every transform the per-frame kernels plan."""
+    from holodask import align, normalise, reconstruct
+
+    if fft.backend() != "pyfftw":
+        pytest.skip("plans only with pyFFTW")
+    n, size = 120, 32
+    geometry = sideband_geometry((n, n), 0.5, carrier_per_nm((80, 70), (n, n), 0.5), (size, size), np.eye(2) * 0.1**2)
+    factor = normalise.normalisation_factor(np.ones((n + 10, n + 10), np.complex64), (0, 0, n, n), (3, 2), (64, 64))
+    window = align.correlation_window((n, n), 0.5, 0.2)
+    image = np.abs(smooth_wave(n)) ** 2
+    planned = []
+    original = fft._plan
+
+    def recording(kind, shape, dtype, out_shape=None, effort=None, axis=None):
+        planned.append((kind, tuple(shape), out_shape, axis))
+        return original(kind, shape, dtype, out_shape, effort, axis)
+
+    monkeypatch.setattr(fft, "_plan", recording)
+    wave = reconstruct_hologram(_hologram(smooth_wave(n), (20, 10)).astype(np.float32), geometry)
+    normalise.normalise_with_factor(wave, factor, (size, size))
+    align.correlate_spectra(align.window_spectrum(image, window), align.window_spectrum(image, window), window)
+    listed = (reconstruct.fft_plans(geometry) + normalise.fft_plans(wave.shape, factor.shape, (size, size))
+              + align.correlation_fft_plans(window))
+    assert set(planned) == {(kind, tuple(shape), out_shape, axis) for kind, shape, out_shape, axis in listed}
