@@ -604,6 +604,10 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
     Workers then compute exactly what a local run computes (FFTW's measured
     plans otherwise differ between processes in the last bits).
     """
+    from holodask import normalise as normalise_module
+    from holodask import reconstruct as reconstruct_module
+    from holodask.align import correlation_fft_plans
+
     plans = []  # (kind, shape, out_shape, axis)
     for size in {params.object_size, params.empty_size} - {None}:
         plans += [("fft2", (size, size), None, None), ("ifft2", (size, size), None, None)]
@@ -623,19 +627,17 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
                                      use_mtf=False, dtype=objects.dtype)
             except HolodaskError:
                 continue
-            plans += [("rfft", shape, None, 1), ("fft", (shape[0], len(geometry.used_columns)), None, 0)]
+            plans += reconstruct_module.fft_plans(geometry)
         if params.object_size:
-            keep = 2 * ((min(params.object_size, *roi_shape) - 1) // 2) + 1
-            plans += [("ifft", (roi_shape[0], keep), None, 0), ("ifft", roi_shape, None, 1),
-                      ("fft", roi_shape, None, 1), ("fft", (roi_shape[0], keep), None, 0)]
+            size = int(params.object_size)
+            grid = factor_grid(roi_shape, (size, size))
+            if grid is not None:
+                plans += normalise_module.fft_plans((size, size), grid, (size, size))
         region = params.align_roi_or_roi or (0, 0, camera_shape[1], camera_shape[0])
         shape = (region[3] - region[1], region[2] - region[0])
         cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm
         if sampling and shape[0] > 0 and shape[1] > 0:
-            window = correlation_window(shape, sampling, cut_off)
-            columns = (shape[0], window.n_columns)
-            plans += [("rfft", shape, None, 1), ("fft", columns, None, 0), ("ifft", columns, None, 0),
-                      ("irfft", (shape[0], shape[1] // 2 + 1), shape[1], 1)]
+            plans += correlation_fft_plans(correlation_window(shape, sampling, cut_off))
     for kind, shape, out_shape, axis in plans:
         try:
             fft.prepare(kind, shape, out_shape, axis=axis)

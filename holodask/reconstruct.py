@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from holodask import fft
 from holodask.errors import ParameterError
 from holodask.optics import _transform_buffers, filter_function, mtf_array
 from holodask.params import FilterSpec
