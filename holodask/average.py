@@ -139,7 +139,9 @@ def _reduce_parts(*parts):
     return smalls, total
 
 
-def _frame(block: np.ndarray) -> np.ndarray:
+def _frame(block) -> np.ndarray:
+    """The 2-D frame of a held item (a frame, a (1, ny, nx) block or a :class:`StoredFrame`)."""
+    block = _load(block)
     return block[0] if block.ndim == 3 else block
 
 
@@ -315,58 +317,150 @@ def _holders(held: HeldFrames) -> list | None:
     return [sorted(who_has.get(item.key) or [None])[0] for item in held.items]
 
 
-def _frame_groups(indices: list[int], batch: int, holders: list | None = None) -> list[list[int]]:
+def _copy_frame(frame):
+    return frame
+
+
+def _balance(held: HeldFrames, holders: list) -> list:
+    """Move frames so that every worker holds a share proportional to its threads.
+
+    The rounds run each batch where its frames are; a worker holding more
+    frames than its share would make every round wait for it. Returns the new
+    holders (``held.items`` is updated in place).
+    """
+    client = held.client
+    threads = {worker: n for worker, n in client.nthreads().items() if n > 0}
+    if len(threads) < 2 or any(h not in threads for h in holders):
+        return holders
+    total_threads = sum(threads.values())
+    n_frames = len(holders)
+    share = {w: n_frames * n // total_threads for w, n in threads.items()}
+    for w in sorted(threads, key=lambda w: -threads[w])[: n_frames - sum(share.values())]:
+        share[w] += 1
+    by_worker: dict = {w: [] for w in threads}
+    for index, worker in enumerate(holders):
+        by_worker[worker].append(index)
+    surplus = [i for w, indices in by_worker.items() for i in indices[share[w]:]]
+    deficit = [w for w, indices in by_worker.items() for _ in range(share[w] - len(indices))]
+    holders = list(holders)
+    for index, worker in zip(surplus, deficit):
+        held.items[index] = client.submit(_copy_frame, held.items[index], workers=[worker],
+                                          allow_other_workers=False, pure=False)
+        holders[index] = worker
+    return holders
+
+
+def _frame_groups(indices: list[int], batch: int, holders: list | None = None, threads=None) -> list[list[int]]:
     """Frame indices in batches of at most ``batch``.
 
-    With ``holders`` (the worker of each frame), the frames of a batch are
-    held by one worker, so that a batch task runs there on local data instead
-    of gathering frames from other workers in every round.
+    With ``holders`` (the worker of each frame) and ``threads`` (of each
+    worker), the frames of a batch are held by one worker, so that a batch task
+    runs there on local data instead of gathering frames from other workers in
+    every round, and each worker gets one batch per thread (frames cost the
+    same, so more tasks would only add scheduling).
     """
     if holders is None:
         return [indices[i:i + batch] for i in range(0, len(indices), batch)]
     by_worker: dict = {}
     for index in indices:
         by_worker.setdefault(holders[index], []).append(index)
-    return [group[i:i + batch] for group in by_worker.values() for i in range(0, len(group), batch)]
+    groups = []
+    for worker, group in by_worker.items():
+        parts = max(1, (threads or {}).get(worker, 1))
+        size = -(-len(group) // parts)
+        groups += [group[i:i + size] for i in range(0, len(group), size)]
+    return groups
 
 
-class _Rounds:
-    """Runs the batch tasks of one averaging round and reduces them (one result)."""
+class _Graph:
+    """Tasks added one by one and computed together: a raw graph run by Dask's
+    threaded scheduler, or futures submitted at once to a distributed client.
 
-    def __init__(self, held: HeldFrames):
-        self.held = held
-        self.client = held.client
-        self.holders = _holders(held)
+    Every round of the averaging is added before any is computed: each round's
+    tasks depend on the previous round's update task, so the scheduler starts
+    a round as soon as the previous one ends, with no trip to the client in
+    between.
+    """
+
+    def __init__(self, client=None):
+        self.client = client
+        self.dsk: dict = {}
+        self.name = "average-" + uuid.uuid4().hex
+
+    def add(self, label: str, func, *args, worker=None):
+        """A task ``func(*args)``; ``args`` may hold what earlier calls returned."""
+        if self.client is None:
+            key = (f"{label}-{self.name}", len(self.dsk))
+            self.dsk[key] = (func, *args)
+            return key
+        where = {"workers": [worker], "allow_other_workers": True} if worker is not None else {}
+        return self.client.submit(func, *args, pure=False, **where)
 
     def share(self, value):
-        """A large constant of the rounds: scattered to every worker once with a client."""
+        """A large constant used by many tasks (scattered once to a cluster)."""
         if self.client is None:
-            return value
+            key = (f"constant-{self.name}", len(self.dsk))
+            self.dsk[key] = value
+            return key
         return self.client.scatter(value, broadcast=True, hash=False)
 
-    def run(self, kernel, values, shared, groups, extra=()):
-        """``(small values in group order, summed array)`` of ``kernel`` over the groups.
-
-        ``extra``: further parts (already computed or futures) reduced with the batches.
-        """
-        items = self.held.items
-        if self.client is None:
-            name = f"{kernel.__name__.strip('_')}-{uuid.uuid4().hex}"
-            dsk = {(name, g): (_batch_task, kernel, [items[i] for i in group], [values[i] for i in group], *shared)
-                   for g, group in enumerate(groups)}
-            keys = list(extra) + list(dsk)
-            root = _tree_reduce_graph(dsk, keys, name + "-sum")
-            return compute_graph(dsk, [root])[0]
-        client = self.client
-        parts = list(extra)
-        for group in groups:
-            where = {} if self.holders is None or self.holders[group[0]] is None else {
-                "workers": [self.holders[group[0]]], "allow_other_workers": True}
-            parts.append(client.submit(_batch_task, kernel, [items[i] for i in group], [values[i] for i in group],
-                                       *shared, pure=False, **where))
+    def reduce(self, parts: list, split_every: int = 16):
+        """The sum of ``(small values, array)`` parts (see :func:`tree_reduce`)."""
         while len(parts) > 1:
-            parts = [client.submit(_reduce_parts, *parts[i:i + 8], pure=False) for i in range(0, len(parts), 8)]
-        return parts[0].result()
+            parts = [self.add("sum", _reduce_parts, *parts[i:i + split_every])
+                     for i in range(0, len(parts), split_every)]
+        return parts[0]
+
+    def compute(self, ref):
+        if self.client is None:
+            return compute_graph(self.dsk, [ref])[0]
+        return ref.result()
+
+
+def _round_batch(blocks, indices, round_state, grid, fit_shift, fit_tilt, fit_defocus):
+    """:func:`_round_task` on a batch of frames, states and average from the previous round."""
+    states, average, _ = round_state
+    return _reduce_parts(*(_round_task(_load(block), states[index], average, grid, fit_shift, fit_tilt, fit_defocus)
+                           for block, index in zip(blocks, indices)))
+
+
+def _first_update(part, order, n_frames):
+    """Round state ``(states, average spectrum, convergence)`` after the first round."""
+    states, total = part
+    return np.array(_in_frame_order(states, order)), total / np.complex64(n_frames), []
+
+
+def _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus):
+    """The next round state: factors normalised to a mean amplitude of 1, gauge pinned."""
+    fits, total = part
+    fits = _in_frame_order(fits, order)
+    convergence = round_state[2] + [float(np.sum([error for _, error in fits]))]
+    states = np.array([state for state, _ in fits])
+    norm = float(np.mean(np.hypot(states[:, 0], states[:, 1])))
+    states[:, 0:2] /= norm
+    average = total * np.complex64(norm / n_frames)
+    states, average = _pin_gauge(states, average, grid, nominal_defocus, fit_shift, fit_defocus)
+    return states, average, convergence
+
+
+def _final_state(round_state):
+    states, average, convergence = round_state
+    return states, average, fft.ifft2(average).astype(np.complex64), convergence
+
+
+def _final_batch(blocks, indices, final_state, grid):
+    """:func:`_final_task` on a batch of frames."""
+    states, average, average_wave, _ = final_state
+    return _reduce_parts(*(_final_task(_load(block), states[index], average, average_wave, grid)
+                           for block, index in zip(blocks, indices)))
+
+
+def _finish(part, order, final_state, n_frames, variance):
+    errors, squared = part
+    states, _, average_wave, convergence = final_state
+    errors = np.array(_in_frame_order(errors, order), dtype=float)
+    var = (squared / (n_frames - 1)).astype(np.float32) if variance else None
+    return AverageResult(average_wave, var, states, errors, convergence + [float(errors.sum())])
 
 
 def _in_frame_order(values: list, order: list[int]) -> list:
@@ -490,46 +584,43 @@ def average_series(
     if n_frames == 1:
         raise ValueError("average_series needs at least two frames")
     defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
-    rounds = _Rounds(held)
-    grid_s = rounds.share(grid)
+    holders = _holders(held)
+    threads = client.nthreads() if client is not None else None
+    if holders is not None:
+        holders = _balance(held, holders)
+    items = held.items
+
+    def where(group):
+        return holders[group[0]] if holders is not None else None
+
+    graph = _Graph(client)
+    grid_ref = graph.share(grid)
+    batch = _batch_size(n_frames, client)
+    first_groups = _frame_groups(list(range(1, n_frames)), batch, holders, threads)
+    groups = _frame_groups(list(range(n_frames)), batch, holders, threads)
+    order = [i for group in groups for i in group]
 
     # first round: everything against the first frame
-    first = held.items[0]
-    if client is None:
-        reference = _reference_task(_load(first), float(defocus_nm[0]), grid)
-        reference_s = reference
-    else:
-        reference_s = client.submit(_reference_task, first, float(defocus_nm[0]), grid_s, pure=False)
-        reference = reference_s
-    batch = _batch_size(n_frames, client)
-    first_groups = _frame_groups(list(range(1, n_frames)), batch, rounds.holders)
-    groups = _frame_groups(list(range(n_frames)), batch, rounds.holders)
-    order = [i for group in groups for i in group]
-    defocus_values = [float(d) for d in defocus_nm]
-    extra = [reference] if client is not None else [reference]
-    states, total = rounds.run(_first_round_task, defocus_values, (reference_s, grid_s, fit_shift), first_groups,
-                               extra=extra)
-    states = np.array(_in_frame_order(states, [0] + [i for group in first_groups for i in group]))
-    average = total / np.complex64(n_frames)
-    convergence: list[float] = []
+    reference = graph.add("reference", _reference_task, items[0], float(defocus_nm[0]), grid_ref,
+                          worker=where([0]))
+    parts = [reference] + [
+        graph.add("first", _batch_task, _first_round_task, [items[i] for i in group],
+                  [float(defocus_nm[i]) for i in group], reference, grid_ref, fit_shift, worker=where(group))
+        for group in first_groups
+    ]
+    first_order = [0] + [i for group in first_groups for i in group]
+    state = graph.add("update", _first_update, graph.reduce(parts), first_order, n_frames)
+    defocus_ref = graph.share(defocus_nm)
 
     for iteration in range(iterations):
-        average_s = rounds.share(average)
         fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)
-        fits, total = rounds.run(_round_task, list(states),
-                                 (average_s, grid_s, fit_shift, fit_tilt, fit_defocus_now), groups)
-        fits = _in_frame_order(fits, order)
-        convergence.append(float(np.sum([error for _, error in fits])))
-        states = np.array([state for state, _ in fits])
-        norm = float(np.mean(np.hypot(states[:, 0], states[:, 1])))
-        states[:, 0:2] /= norm
-        average = total * np.complex64(norm / n_frames)
-        states, average = _pin_gauge(states, average, grid, defocus_nm, fit_shift, fit_defocus_now)
+        parts = [graph.add("round", _round_batch, [items[i] for i in group], group, state, grid_ref,
+                           fit_shift, fit_tilt, fit_defocus_now, worker=where(group))
+                 for group in groups]
+        state = graph.add("update", _update, graph.reduce(parts), order, state, n_frames, grid_ref, defocus_ref,
+                          fit_shift, fit_defocus_now)
 
-    average_wave = fft.ifft2(average).astype(np.complex64)
-    errors, squared = rounds.run(_final_task, list(states),
-                                 (rounds.share(average), rounds.share(average_wave), grid_s), groups)
-    errors = np.array(_in_frame_order(errors, order), dtype=float)
-    convergence.append(float(errors.sum()))
-    var = (squared / (n_frames - 1)).astype(np.float32) if variance else None
-    return AverageResult(average_wave, var, states, errors, convergence)
+    final = graph.add("final-state", _final_state, state)
+    parts = [graph.add("final", _final_batch, [items[i] for i in group], group, final, grid_ref, worker=where(group))
+             for group in groups]
+    return graph.compute(graph.add("finish", _finish, graph.reduce(parts), order, final, n_frames, variance))

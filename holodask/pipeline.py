@@ -599,7 +599,8 @@ def _object_stage(params, objects: FrameSeries, empty, out, client, standard_att
 
 
 def _share_fft_plans(params: HoloParams, objects, client) -> None:
-    """Plan the transforms of this run here and give the plans to every worker.
+    """Plan the transforms of this run here and give the plans to every worker
+    (and the worker set-up of :func:`holodask.cluster.register_worker_setup`).
 
     Workers then compute exactly what a local run computes (FFTW's measured
     plans otherwise differ between processes in the last bits).
@@ -607,6 +608,9 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
     from holodask import normalise as normalise_module
     from holodask import reconstruct as reconstruct_module
     from holodask.align import correlation_fft_plans
+    from holodask.cluster import register_worker_setup
+
+    register_worker_setup(client)
 
     plans = []  # (kind, shape, out_shape, axis)
     for size in {params.object_size, params.empty_size} - {None}:
