@@ -209,6 +209,10 @@ class StoredFrame:
 
 
 def _load(block):
+    """The frame of a held item: an array, a :class:`StoredFrame`, or a pair whose
+    first element is one of them (a frame held with a small value)."""
+    if isinstance(block, tuple):
+        block = block[0]
     return block.load() if isinstance(block, StoredFrame) else block
 
 
@@ -218,7 +222,8 @@ class HeldFrames:
 
     ``items[k]`` is frame ``k``: a numpy array (threads), a
     :class:`distributed.Future` of it (on a worker, which spills to disk under
-    memory pressure) or a :class:`StoredFrame` (``--scratch``: a Zarr store).
+    memory pressure) or a :class:`StoredFrame` (``--scratch``: a Zarr store);
+    on a cluster also the future of a ``(frame, small value)`` pair.
     """
 
     items: list
@@ -236,14 +241,37 @@ class HeldFrames:
 
 
 def _store_frame(block, store: str, index: int):
-    """Write a frame block (1, ny, nx) into the Zarr array; its :class:`StoredFrame`."""
+    """Write a frame (or the frame of a pair) into the Zarr array; its :class:`StoredFrame`
+    (paired with the pair's second value)."""
     import zarr
 
-    zarr.open_array(store=store, mode="r+")[index] = block[0] if block.ndim == 3 else block
-    return StoredFrame(store, index)
+    zarr.open_array(store=store, mode="r+")[index] = _frame(block)
+    stored = StoredFrame(store, index)
+    return (stored, block[1]) if isinstance(block, tuple) else stored
 
 
-def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, also=()):
+def _seconds(*pairs) -> list:
+    return [pair[1] for pair in pairs]
+
+
+def _gather_seconds(futures, client) -> list:
+    """The second values of pairs held on a cluster, one small task per worker
+    holding them (the frames themselves do not move)."""
+    who_has = client.who_has(futures)
+    by_worker: dict = {}
+    for index, future in enumerate(futures):
+        by_worker.setdefault(sorted(who_has.get(future.key) or [None])[0], []).append(index)
+    tasks = [(indices, client.submit(_seconds, *[futures[i] for i in indices], pure=False,
+                                     **({"workers": [worker], "allow_other_workers": True} if worker else {})))
+             for worker, indices in by_worker.items()]
+    values = [None] * len(futures)
+    for indices, task in tasks:
+        for index, value in zip(indices, task.result()):
+            values[index] = value
+    return values
+
+
+def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, also=(), paired: bool = False):
     """Compute the frames ``keys`` of graph ``dsk`` once and keep them for the rounds.
 
     Without ``store_dir`` they stay in this process's memory (threads) or on
@@ -253,6 +281,8 @@ def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, al
     stays bounded whatever the number of frames; the caller removes the folder.
 
     ``also``: keys of further (small) values computed in the same pass.
+    ``paired``: the tasks give ``(frame, small value)`` pairs (one task per
+    frame does both); the small values come back first in the returned list.
     Returns ``(HeldFrames, [values of also])``.
     """
     dsk = dict(dsk)
@@ -272,13 +302,21 @@ def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, al
         held_keys = list(keys)
     if client is None:
         values = compute_graph(dsk, held_keys + list(also))
-        return HeldFrames(list(values[:n_frames])), list(values[n_frames:])
+        items, others = list(values[:n_frames]), list(values[n_frames:])
+        if paired:
+            items, others = [item[0] for item in items], [[item[1] for item in items]] + others
+        return HeldFrames(items), others
     futures = client.get(dsk, held_keys + list(also), sync=False)
     _follow(futures, client)
-    values = client.gather(futures[n_frames:])
+    others = list(client.gather(futures[n_frames:]))
+    items = futures[:n_frames]
     if store_dir is not None:
-        return HeldFrames(client.gather(futures[:n_frames]), client), list(values)
-    return HeldFrames(list(futures[:n_frames]), client), list(values)
+        items = client.gather(items)
+        if paired:
+            items, others = [item[0] for item in items], [[item[1] for item in items]] + others
+    elif paired:
+        others = [_gather_seconds(items, client)] + others
+    return HeldFrames(list(items), client), others
 
 
 def _follow(futures, client) -> None:

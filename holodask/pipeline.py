@@ -139,21 +139,18 @@ def _roi_frame(block, shift_xy, roi):
     return extract_roi(block[0], roi, shift_xy)
 
 
-def _saturation_count(block, shift_xy, roi) -> int:
-    """Pixels at the maximum of their integer type in the drift-moved ROI of a raw frame block."""
-    frame = block[0]
+def _saturation_count(frame: np.ndarray, roi, shift_xy) -> int:
+    """Pixels at the maximum of their integer type in the drift-moved ROI of a raw frame."""
     if frame.dtype.kind not in "iu":
         return 0
     return int(np.count_nonzero(extract_roi(frame, roi, shift_xy) == np.iinfo(frame.dtype).max))
 
 
-def _saturation_counts(*counts) -> np.ndarray:
-    return np.array(counts, dtype=np.int64)
-
-
 def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_empty, roi, label, source,
                        out_shape):
-    """One raw frame block (1, H, W) to its normalised wave (ny, nx): ROI, sideband, empty."""
+    """One raw frame block (1, H, W) to its normalised wave (ny, nx) (ROI, sideband, empty),
+    with the number of saturated pixels in its ROI."""
+    saturated = _saturation_count(block[0], roi, shift_xy)
     frame = extract_roi(block[0], roi, shift_xy)
     if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
         raise DataError(f"{label} of {source} holds NaN or Inf pixels")
@@ -162,25 +159,23 @@ def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_
         wave = normalise_with_factor(wave, factor, out_shape)
     elif big_empty is not None:
         wave = normalise(wave, big_empty, roi, shift_xy, out_shape)
-    return wave
+    return wave, saturated
 
 
 def _reconstruction_graph(objects: FrameSeries, shifts, roi, geometry, big_empty, factor_grid, source, out_shape,
                           client=None):
     """Tasks reconstructing every frame and counting the saturated pixels of its ROI.
 
-    One task per frame extracts the drift-moved ROI and reconstructs and
-    normalises it; the saturation count of each ROI is a small task on the same
-    raw frame, gathered by one task. Large constants (the empty wave at camera
+    One task per frame reads the frame, extracts the drift-moved ROI, counts
+    its saturated pixels and reconstructs and normalises it. Large constants (the empty wave at camera
     size, the sideband geometry) are scattered once to every worker with a
     distributed client and are single keys of the graph otherwise.
 
     Returns
     -------
-    (dsk, keys, counts_key): the graph (with the reading tasks), the keys of the
-    reconstructed frames ((ny, nx) complex64) and of the (N,) int64 counts.
+    (dsk, keys): the graph and the keys of the ``(wave, saturated pixels)`` pairs,
+    wave (ny, nx) complex64.
     """
-    n_frames = objects.n_frames
     token = tokenize(objects.name, shifts, roi, out_shape, source, objects.frame_index)
     name = "reconstruct-" + token
     constants = {"geometry": geometry, "big_empty": big_empty}
@@ -202,17 +197,14 @@ def _reconstruction_graph(objects: FrameSeries, shifts, roi, geometry, big_empty
             if shift not in factor_keys:
                 factor_keys[shift] = ("factor-" + token, len(factor_keys))
                 dsk[factor_keys[shift]] = (normalisation_factor, refs["big_empty"], roi, shift, factor_grid)
-    counts_key = ("saturation-" + token,)
     keys = []
     for k, shift in enumerate(shift_list):
         frame_key = objects.frame_task(k)
         dsk[(name, k)] = (_reconstruct_frame, frame_key, shift, factor_keys.get(shift), refs["geometry"],
                           None if factor_keys else refs["big_empty"], roi,
                           f"frame {int(objects.frame_index[k])}", source, out_shape)
-        dsk[("count-" + token, k)] = (_saturation_count, frame_key, shift, roi)
         keys.append((name, k))
-    dsk[counts_key] = (_saturation_counts, *[("count-" + token, k) for k in range(n_frames)])
-    return dsk, keys, counts_key
+    return dsk, keys
 
 
 def _reconstruct_empty_frame(block, geometry, label, source):
@@ -549,12 +541,12 @@ def _object_stage(params, objects: FrameSeries, empty, out, client, standard_att
         value = 1.0 if params.only_phase else e_size * e_size / (camera_shape[0] * camera_shape[1])
         big_empty = ConstantEmpty(value, camera_shape)
     doubled_grid = factor_grid(roi_shape, (size, size)) if isinstance(big_empty, np.ndarray) else None
-    dsk, keys, counts_key = _reconstruction_graph(objects, shifts, roi, geometry, big_empty, doubled_grid,
-                                                  source, (size, size), client)
+    dsk, keys = _reconstruction_graph(objects, shifts, roi, geometry, big_empty, doubled_grid, source,
+                                      (size, size), client)
     # one pass over the frames: the stack is held (memory, workers or Zarr store)
     # for the rounds and the saturation counts come along
     started = time.perf_counter()
-    held, (saturation,) = hold_frames(dsk, keys, (size, size), client, current_store_dir(), also=[counts_key])
+    held, (saturation,) = hold_frames(dsk, keys, (size, size), client, current_store_dir(), paired=True)
     log.info("reconstruction: %d holograms in %.2f s", n_frames, time.perf_counter() - started)
     _warn_saturation(saturation, frame_index, roi_shape[0] * roi_shape[1])
 
