@@ -442,17 +442,25 @@ class _Graph:
             return key
         return self.client.scatter(value, broadcast=True, hash=False)
 
-    def reduce(self, parts: list, split_every: int = 16):
-        """The sum of ``(small values, array)`` parts (see :func:`tree_reduce`)."""
-        while len(parts) > 1:
+    def reduce_into(self, label: str, func, parts: list, *args, split_every: int = 16):
+        """``func(summed part, *args)``, where the summed part reduces the ``(small values,
+        array)`` parts (see :func:`tree_reduce`): in a tree of sums where there are many,
+        inside the same task where there are few (one scheduling step less per round)."""
+        while len(parts) > split_every:
             parts = [self.add("sum", _reduce_parts, *parts[i:i + split_every])
                      for i in range(0, len(parts), split_every)]
-        return parts[0]
+        return self.add(label, _reduced_call, func, len(args), *args, *parts)
 
     def compute(self, ref):
         if self.client is None:
             return compute_graph(self.dsk, [ref])[0]
         return ref.result()
+
+
+def _reduced_call(func, n_args, *args_and_parts):
+    """``func(sum of the parts, *args)`` (the first ``n_args`` values are the args)."""
+    args, parts = args_and_parts[:n_args], args_and_parts[n_args:]
+    return func(_reduce_parts(*parts) if len(parts) > 1 else parts[0], *args)
 
 
 def _round_batch(blocks, indices, round_state, grid, fit_shift, fit_tilt, fit_defocus):
@@ -647,7 +655,7 @@ def average_series(
         for group in first_groups
     ]
     first_order = [0] + [i for group in first_groups for i in group]
-    state = graph.add("update", _first_update, graph.reduce(parts), first_order, n_frames)
+    state = graph.reduce_into("update", _first_update, parts, first_order, n_frames)
     defocus_ref = graph.share(defocus_nm)
 
     for iteration in range(iterations):
@@ -655,10 +663,10 @@ def average_series(
         parts = [graph.add("round", _round_batch, [items[i] for i in group], group, state, grid_ref,
                            fit_shift, fit_tilt, fit_defocus_now, worker=where(group))
                  for group in groups]
-        state = graph.add("update", _update, graph.reduce(parts), order, state, n_frames, grid_ref, defocus_ref,
-                          fit_shift, fit_defocus_now)
+        state = graph.reduce_into("update", _update, parts, order, state, n_frames, grid_ref, defocus_ref,
+                                  fit_shift, fit_defocus_now)
 
     final = graph.add("final-state", _final_state, state)
     parts = [graph.add("final", _final_batch, [items[i] for i in group], group, final, grid_ref, worker=where(group))
              for group in groups]
-    return graph.compute(graph.add("finish", _finish, graph.reduce(parts), order, final, n_frames, variance))
+    return graph.compute(graph.reduce_into("finish", _finish, parts, order, final, n_frames, variance))

@@ -75,6 +75,7 @@ def test_slurm_job_script_from_example_config():
     assert "--local-directory $TMPDIR" in worker_line
     # the workers keep mid-sized arrays on the heap (see holodask.cluster.WORKER_ENVIRONMENT)
     assert "export MALLOC_MMAP_THRESHOLD_=16777216" in script.splitlines()
+    assert "export MALLOC_TRIM_THRESHOLD_=16777216" in script.splitlines()
 
 
 def test_slurm_overrides_and_scratch_replace_config_values(tmp_path):
@@ -287,8 +288,9 @@ def test_local_cluster_computes_and_is_closed(tmp_path):
         assert worker["local_directory"].startswith(str(tmp_path))
         # dask.compute uses the client inside the block
         assert dask.compute((array**2).sum())[0] == pytest.approx(np.sum(np.arange(64.0) ** 2))
-        environment = client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
-        assert list(environment.values()) == ["16777216"]
+        environment = client.run(lambda: [os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+                                          os.environ.get("MALLOC_TRIM_THRESHOLD_")])
+        assert list(environment.values()) == [["16777216", "16777216"]]  # Dask's 65536 replaced
     assert client.status == "closed"
     assert cluster.status.name == "closed"
 

@@ -126,3 +126,42 @@ def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
     _assert_same_data(got, threaded)
     assert seen and all(store is not None and zarrs and stored for store, zarrs, stored in seen)
     assert list(scratch.iterdir()) == []  # the stores are gone after the run
+
+
+def test_held_frames_are_spread_evenly_and_batches_stay_on_their_worker(client):
+    """The rounds run each batch where its frames are held; frames are first spread
+    so that no worker holds more than its share (a round waits for the slowest)."""
+    from holodask.average import _balance, _frame_groups, _holders, hold_frames
+
+    frames = np.arange(10 * 4, dtype=np.complex64).reshape(10, 2, 2)
+    only = sorted(client.scheduler_info()["workers"])[0]
+    dsk = {("f", k): frames[k] for k in range(10)}
+    futures = client.get(dsk, list(dsk), sync=False, workers=[only])  # all on one worker
+    distributed.wait(futures)
+    from holodask.average import HeldFrames
+
+    held = HeldFrames(list(futures), client)
+    holders = _holders(held)
+    assert set(holders) == {only}
+    balanced = _balance(held, holders)
+    assert sorted(balanced.count(w) for w in set(balanced)) == [5, 5]
+    distributed.wait(held.items)
+    assert _holders(held) == balanced  # the moved frames are where _balance says
+    for k in range(10):
+        np.testing.assert_array_equal(held.frame(k), frames[k])
+    groups = _frame_groups(list(range(10)), 3, balanced, client.nthreads())
+    assert sorted(i for g in groups for i in g) == list(range(10))
+    assert len(groups) == 2 and all(len({balanced[i] for i in g}) == 1 for g in groups)
+    # held pairs (frame, small value) from one task per frame: the small values come back
+    pairs = {("p", k): (lambda k: (frames[k], k * k), k) for k in range(10)}
+    held_pairs, (squares,) = hold_frames(pairs, list(pairs), (2, 2), client, paired=True)
+    assert squares == [k * k for k in range(10)]
+    np.testing.assert_array_equal(held_pairs.frame(3), frames[3])
+
+
+def test_workers_get_the_malloc_setup(client):
+    from holodask.cluster import register_worker_setup, tune_malloc
+
+    assert tune_malloc()  # glibc: both thresholds set
+    register_worker_setup(client)
+    assert all(client.run(lambda dask_worker: "holodask-worker-setup" in dask_worker.plugins).values())
