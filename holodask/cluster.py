@@ -457,7 +457,8 @@ def _start_local(options: SchedulerOptions, scratch: Path | None, stack: context
         raise ParameterError(
             f"cluster_config: applies to --cluster {'/'.join(JOB_CLUSTER_KINDS)}, not to a local cluster"
         )
-    kwargs: dict[str, Any] = {"processes": True}
+    # env: set in each worker process after Dask's own pre-spawn settings
+    kwargs: dict[str, Any] = {"processes": True, "env": dict(WORKER_ENVIRONMENT)}
     if options.workers is not None:
         kwargs["n_workers"] = options.workers
     if options.threads_per_worker is not None:
