@@ -1,11 +1,14 @@
-"""Iterative averaging of a reconstructed series, as a Dask graph.
+"""Iterative averaging of a reconstructed series, as one Dask graph.
 
-The stack of reconstructed waves (one frame per chunk) is persisted once; every
-round then maps the per-frame fit (:func:`holodask.align.fit_to_average`) over
-the frames, each task also returning the frame's contribution (its spectrum
-moved onto the average), and tree-reduces the contributions into the next
-average. Only the small per-frame fit states and the summed spectrum travel
-back to the client; the frames never do.
+The reconstructed waves are computed once and held (:func:`hold_frames`: in
+memory with threads, on the workers that made them with a distributed
+scheduler, or in a Zarr store with ``--scratch``). Every round maps the
+per-frame fit (:func:`holodask.align.fit_to_average`) over batches of frames,
+each batch task also returning the frames' summed contributions (their spectra
+moved onto the average); one update task per round reduces them into the next
+average and states. All rounds are built before any is computed, each depending
+on the previous update, so rounds follow each other on the cluster without a
+trip to the client; the frames never move (batches run where their frames are).
 
 Schedule (that of the reference program): a first round that aligns every
 frame to the first one (the reference aligns each to the running mean of the

@@ -1,6 +1,9 @@
 """The whole reconstruction as Dask graphs: ``holodask run``.
 
-Stages (each frame is one chunk; no stage gathers the frames on the client):
+Each stage is a plain Dask task graph run by the scheduler of the current
+context (:func:`holodask.average.compute_graph`: Dask's threaded scheduler, or
+a distributed client); frames are read inside the tasks that use them, and no
+stage gathers the frames on the client. Stages:
 
 1. empty wave: averaged from an empty series, read from ``empty_override``,
    synthesised from ``camera_distortions``, or none (ones);
