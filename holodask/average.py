@@ -340,6 +340,10 @@ def _follow(futures, client) -> None:
     wait(futures)
 
 
+#: up to this many workers, every worker computes the round state itself
+MAX_UPDATE_REPLICAS = 8
+
+
 def _batch_size(n_frames: int, client=None) -> int:
     """Frames per task: about four tasks per thread, fewer tasks (and less
     scheduling) when the series is long."""
@@ -445,14 +449,14 @@ class _Graph:
             return key
         return self.client.scatter(value, broadcast=True, hash=False)
 
-    def reduce_into(self, label: str, func, parts: list, *args, split_every: int = 16):
+    def reduce_into(self, label: str, func, parts: list, *args, split_every: int = 16, worker=None):
         """``func(summed part, *args)``, where the summed part reduces the ``(small values,
         array)`` parts (see :func:`tree_reduce`): in a tree of sums where there are many,
         inside the same task where there are few (one scheduling step less per round)."""
         while len(parts) > split_every:
             parts = [self.add("sum", _reduce_parts, *parts[i:i + split_every])
                      for i in range(0, len(parts), split_every)]
-        return self.add(label, _reduced_call, func, len(args), *args, *parts)
+        return self.add(label, _reduced_call, func, len(args), *args, *parts, worker=worker)
 
     def compute(self, ref):
         if self.client is None:
@@ -490,6 +494,11 @@ def _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift
     average = total * np.complex64(norm / n_frames)
     states, average = _pin_gauge(states, average, grid, nominal_defocus, fit_shift, fit_defocus)
     return states, average, convergence
+
+
+def _update_round(part, order, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, round_state):
+    """:func:`_update` with the previous round state last."""
+    return _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus)
 
 
 def _final_state(round_state):
@@ -648,6 +657,20 @@ def average_series(
     first_groups = _frame_groups(list(range(1, n_frames)), batch, holders, threads)
     groups = _frame_groups(list(range(n_frames)), batch, holders, threads)
     order = [i for group in groups for i in group]
+    # the round state: one update task in all, or (a few workers) one on every worker
+    # holding frames, all computing the same from the same parts, so that each
+    # worker's next batch needs no transfer from a worker that is busy again
+    replicas = sorted({where(group) for group in groups}) if holders is not None else [None]
+    if len(replicas) > MAX_UPDATE_REPLICAS:
+        replicas = [None]
+
+    def updates(func, parts, *args, previous=None):
+        return {worker: graph.reduce_into("update", func, parts, *args,
+                                          *([] if previous is None else [previous[worker]]), worker=worker)
+                for worker in replicas}
+
+    def state_for(states, group):
+        return states[where(group)] if len(replicas) > 1 else states[replicas[0]]
 
     # first round: everything against the first frame
     reference = graph.add("reference", _reference_task, items[0], float(defocus_nm[0]), grid_ref,
@@ -658,18 +681,20 @@ def average_series(
         for group in first_groups
     ]
     first_order = [0] + [i for group in first_groups for i in group]
-    state = graph.reduce_into("update", _first_update, parts, first_order, n_frames)
+    states = updates(_first_update, parts, first_order, n_frames)
     defocus_ref = graph.share(defocus_nm)
 
     for iteration in range(iterations):
         fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)
-        parts = [graph.add("round", _round_batch, [items[i] for i in group], group, state, grid_ref,
-                           fit_shift, fit_tilt, fit_defocus_now, worker=where(group))
+        parts = [graph.add("round", _round_batch, [items[i] for i in group], group, state_for(states, group),
+                           grid_ref, fit_shift, fit_tilt, fit_defocus_now, worker=where(group))
                  for group in groups]
-        state = graph.reduce_into("update", _update, parts, order, state, n_frames, grid_ref, defocus_ref,
-                                  fit_shift, fit_defocus_now)
+        states = updates(_update_round, parts, order, n_frames, grid_ref, defocus_ref, fit_shift, fit_defocus_now,
+                         previous=states)
 
-    final = graph.add("final-state", _final_state, state)
-    parts = [graph.add("final", _final_batch, [items[i] for i in group], group, final, grid_ref, worker=where(group))
+    finals = {worker: graph.add("final-state", _final_state, states[worker], worker=worker) for worker in replicas}
+    parts = [graph.add("final", _final_batch, [items[i] for i in group], group, state_for(finals, group), grid_ref,
+                       worker=where(group))
              for group in groups]
-    return graph.compute(graph.reduce_into("finish", _finish, parts, order, final, n_frames, variance))
+    return graph.compute(graph.reduce_into("finish", _finish, parts, order, finals[replicas[0]], n_frames, variance,
+                                           worker=replicas[0]))
