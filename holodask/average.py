@@ -231,6 +231,8 @@ class HeldFrames:
 
     items: list
     client: object = None
+    #: the worker holding each frame, where already known
+    holders: list | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -257,13 +259,12 @@ def _seconds(*pairs) -> list:
     return [pair[1] for pair in pairs]
 
 
-def _gather_seconds(futures, client) -> list:
+def _gather_seconds(futures, client, holders) -> list:
     """The second values of pairs held on a cluster, one small task per worker
     holding them (the frames themselves do not move)."""
-    who_has = client.who_has(futures)
     by_worker: dict = {}
-    for index, future in enumerate(futures):
-        by_worker.setdefault(sorted(who_has.get(future.key) or [None])[0], []).append(index)
+    for index, worker in enumerate(holders):
+        by_worker.setdefault(worker, []).append(index)
     tasks = [(indices, client.submit(_seconds, *[futures[i] for i in indices], pure=False,
                                      **({"workers": [worker], "allow_other_workers": True} if worker else {})))
              for worker, indices in by_worker.items()]
@@ -317,9 +318,12 @@ def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, al
         items = client.gather(items)
         if paired:
             items, others = [item[0] for item in items], [[item[1] for item in items]] + others
-    elif paired:
-        others = [_gather_seconds(items, client)] + others
-    return HeldFrames(list(items), client), others
+        return HeldFrames(list(items), client), others
+    who_has = client.who_has(items)
+    holders = [sorted(who_has.get(future.key) or [None])[0] for future in items]
+    if paired:
+        others = [_gather_seconds(items, client, holders)] + others
+    return HeldFrames(list(items), client, holders), others
 
 
 def _follow(futures, client) -> None:
@@ -358,6 +362,8 @@ def _holders(held: HeldFrames) -> list | None:
     """The worker holding each frame (distributed, frames as futures), else None."""
     if held.client is None or not held.items or isinstance(held.items[0], (np.ndarray, StoredFrame)):
         return None
+    if held.holders is not None and None not in held.holders:
+        return list(held.holders)
     who_has = held.client.who_has(held.items)
     return [sorted(who_has.get(item.key) or [None])[0] for item in held.items]
 
@@ -392,6 +398,7 @@ def _balance(held: HeldFrames, holders: list) -> list:
         held.items[index] = client.submit(_copy_frame, held.items[index], workers=[worker],
                                           allow_other_workers=False, pure=False)
         holders[index] = worker
+    held.holders = list(holders)
     return holders
 
 
@@ -441,13 +448,15 @@ class _Graph:
         where = {"workers": [worker], "allow_other_workers": True} if worker is not None else {}
         return self.client.submit(func, *args, pure=False, **where)
 
-    def share(self, value):
-        """A large constant used by many tasks (scattered once to a cluster)."""
+    def share(self, *values) -> list:
+        """Large constants used by many tasks (scattered to a cluster at once, in one call)."""
         if self.client is None:
-            key = (f"constant-{self.name}", len(self.dsk))
-            self.dsk[key] = value
-            return key
-        return self.client.scatter(value, broadcast=True, hash=False)
+            keys = []
+            for value in values:
+                keys.append((f"constant-{self.name}", len(self.dsk)))
+                self.dsk[keys[-1]] = value
+            return keys
+        return self.client.scatter(list(values), broadcast=True, hash=False)
 
     def reduce_into(self, label: str, func, parts: list, *args, split_every: int = 16, worker=None):
         """``func(summed part, *args)``, where the summed part reduces the ``(small values,
@@ -652,7 +661,7 @@ def average_series(
         return holders[group[0]] if holders is not None else None
 
     graph = _Graph(client)
-    grid_ref = graph.share(grid)
+    grid_ref, defocus_ref = graph.share(grid, defocus_nm)
     batch = _batch_size(n_frames, client)
     first_groups = _frame_groups(list(range(1, n_frames)), batch, holders, threads)
     groups = _frame_groups(list(range(n_frames)), batch, holders, threads)
@@ -682,7 +691,6 @@ def average_series(
     ]
     first_order = [0] + [i for group in first_groups for i in group]
     states = updates(_first_update, parts, first_order, n_frames)
-    defocus_ref = graph.share(defocus_nm)
 
     for iteration in range(iterations):
         fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)

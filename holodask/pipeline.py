@@ -183,8 +183,8 @@ def _reconstruction_graph(objects: FrameSeries, shifts, roi, geometry, big_empty
     name = "reconstruct-" + token
     constants = {"geometry": geometry, "big_empty": big_empty}
     if client is not None:
-        refs = {k: client.scatter(v, broadcast=True, hash=False) for k, v in constants.items()
-                if isinstance(v, (np.ndarray, SidebandGeometry))}
+        large = {k: v for k, v in constants.items() if isinstance(v, (np.ndarray, SidebandGeometry))}
+        refs = dict(zip(large, client.scatter(list(large.values()), broadcast=True, hash=False)))
     else:
         refs = {}
     dsk = dict(objects.graph)
