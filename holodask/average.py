@@ -96,7 +96,20 @@ def compute_graph(dsk: dict, keys: list, client=None) -> list:
         return get_sync(dsk, keys)
     from dask.threaded import get
 
-    return get(dsk, keys)
+    with _single_threaded_blas():
+        return get(dsk, keys)
+
+
+def _single_threaded_blas():
+    """BLAS with one thread while Dask's threads compute: a BLAS thread pool per Dask
+    thread only oversubscribes the cores (``holodask`` commands set this up front)."""
+    if os.environ.get("OPENBLAS_NUM_THREADS") == "1" and os.environ.get("MKL_NUM_THREADS") == "1":
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def tree_reduce(parts: list, split_every: int = 8):

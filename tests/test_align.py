@@ -268,3 +268,15 @@ def test_fit_matches_a_direct_least_squares_fit(case):
         assert fitted[6] == pytest.approx(reference[6], abs=0.01)
         assert complex(fitted[0], fitted[1]) == pytest.approx(complex(reference[0], reference[1]), abs=2e-4)
         assert model_error(observed, average, fitted, grid) <= reference_cost * (1 + 1e-5)
+
+
+def test_threaded_tasks_run_with_single_threaded_blas():
+    """Dask's threads use the cores; BLAS must not start a pool of its own in each."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from holodask.average import compute_graph
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+
+    (inside,) = compute_graph({"n": (blas_threads,)}, ["n"])
+    assert inside and set(inside) == {1}
