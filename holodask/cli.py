@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, value in SINGLE_THREADED_LIBRARIES.items():  # before numpy loads its BLAS
         os.environ.setdefault(name, value)
+    from holodask.cluster import tune_malloc
+
+    tune_malloc()  # as on the workers: waves stay on the heap (measured: 1.91 -> 1.79 s, 60 holograms)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:

@@ -332,7 +332,9 @@ def tune_malloc() -> bool:
     """Set this process's glibc malloc thresholds as :data:`WORKER_ENVIRONMENT` does.
 
     For workers started elsewhere (an existing scheduler, batch jobs whose nanny
-    applies Dask's own settings). Returns False where there is no glibc.
+    applies Dask's own settings), and for the ``holodask`` command itself, whose
+    threads otherwise map and unmap every large temporary array (page faults, and
+    unmapping interrupts the other threads). Returns False where there is no glibc.
     """
     import ctypes
     import ctypes.util
