@@ -570,18 +570,22 @@ def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
     Fourier space only).
     """
     states = states.copy()
-    phase = np.zeros(grid.shape, dtype=np.float64)
+    qy, qx = grid.qy.astype(np.float64), grid.qx.astype(np.float64)
+    phase_y, phase_x = np.zeros_like(qy), np.zeros_like(qx)  # the phase is separable in y and x
     if shifts:
         shift0 = states[0, 2:4].copy()
         states[:, 2:4] -= shift0
-        phase = phase + 2.0 * np.pi * (shift0[0] * grid.qy + shift0[1] * grid.qx)
+        phase_y += 2.0 * np.pi * shift0[0] * qy
+        phase_x += 2.0 * np.pi * shift0[1] * qx
     if defocus:
         offset = float(np.mean(states[:, 6] - nominal_defocus))
         states[:, 6] -= offset
-        phase = phase - np.pi * grid.wavelength_nm * offset * grid.q2
+        phase_y -= np.pi * grid.wavelength_nm * offset * qy**2
+        phase_x -= np.pi * grid.wavelength_nm * offset * qx**2
     if shifts or defocus:
-        average = (average * np.exp(1j * phase)).astype(np.complex64)
-    return states, average
+        average = average * np.exp(1j * phase_y).astype(np.complex64)
+        average *= np.exp(1j * phase_x).astype(np.complex64)
+    return states, average.astype(np.complex64, copy=False)
 
 
 # ---------------------------------------------------------------- the rounds
