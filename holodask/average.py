@@ -226,9 +226,34 @@ class StoredFrame:
     index: int
 
     def load(self) -> np.ndarray:
+        return np.asarray(_zarr_array(self.store)[self.index])
+
+
+_ZARR_ARRAYS: dict = {}
+
+
+def _create_zarr(zarr, store: str, shape, chunks):
+    """An uncompressed complex64 Zarr array (noisy waves do not compress; reading a
+    128 x 128 frame takes 0.5 instead of 1.3 ms)."""
+    try:
+        return zarr.open_array(store=store, mode="w", shape=shape, chunks=chunks, dtype=np.complex64,
+                               zarr_format=2, compressor=None)
+    except TypeError:  # zarr 2
+        return zarr.open_array(store=store, mode="w", shape=shape, chunks=chunks, dtype=np.complex64,
+                               compressor=None)
+
+
+def _zarr_array(store: str, mode: str = "r"):
+    """The Zarr array at ``store``, opened once per process (and mode)."""
+    key = (store, mode)
+    array = _ZARR_ARRAYS.get(key)
+    if array is None:
         import zarr
 
-        return np.asarray(zarr.open_array(store=self.store, mode="r")[self.index])
+        array = _ZARR_ARRAYS[key] = zarr.open_array(store=store, mode=mode)
+        if len(_ZARR_ARRAYS) > 64:  # stores of earlier runs
+            _ZARR_ARRAYS.pop(next(iter(_ZARR_ARRAYS)))
+    return array
 
 
 def _load(block):
@@ -268,9 +293,7 @@ class HeldFrames:
 def _store_frame(block, store: str, index: int):
     """Write a frame (or the frame of a pair) into the Zarr array; its :class:`StoredFrame`
     (paired with the pair's second value)."""
-    import zarr
-
-    zarr.open_array(store=store, mode="r+")[index] = _frame(block)
+    _zarr_array(store, "r+")[index] = _frame(block)
     stored = StoredFrame(store, index)
     return (stored, block[1]) if isinstance(block, tuple) else stored
 
@@ -318,7 +341,7 @@ def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, al
         import zarr
 
         store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
-        zarr.open_array(store=store, mode="w", shape=(n_frames, *shape), chunks=(1, *shape), dtype=np.complex64)
+        _create_zarr(zarr, store, (n_frames, *shape), (1, *shape))
         for k, key in enumerate(keys):
             dsk[(name, k)] = (_store_frame, key, store, k)
         held_keys = [(name, k) for k in range(n_frames)]
