@@ -8,6 +8,9 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
+#: the command line loaded numpy with single-threaded BLAS (see holodask.cli)
+_blas_single_threaded = False
+
 _LAZY = {
     "open_series": "holodask.series",
     "load_parameters": "holodask.params",

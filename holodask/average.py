@@ -102,8 +102,11 @@ def compute_graph(dsk: dict, keys: list, client=None) -> list:
 
 def _single_threaded_blas():
     """BLAS with one thread while Dask's threads compute: a BLAS thread pool per Dask
-    thread only oversubscribes the cores (``holodask`` commands set this up front)."""
-    if os.environ.get("OPENBLAS_NUM_THREADS") == "1" and os.environ.get("MKL_NUM_THREADS") == "1":
+    thread only oversubscribes the cores (``holodask`` commands set this up front,
+    through the environment, before numpy loads)."""
+    import holodask
+
+    if getattr(holodask, "_blas_single_threaded", False):  # set by the command line
         return contextlib.nullcontext()
     try:
         from threadpoolctl import threadpool_limits

@@ -73,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     import os
 
-    for name, value in SINGLE_THREADED_LIBRARIES.items():  # before numpy loads its BLAS
-        os.environ.setdefault(name, value)
+    if "numpy" not in sys.modules:  # the settings take effect when numpy loads its BLAS
+        for name, value in SINGLE_THREADED_LIBRARIES.items():
+            os.environ.setdefault(name, value)
+        import holodask
+
+        holodask._blas_single_threaded = all(os.environ[name] == "1" for name in SINGLE_THREADED_LIBRARIES)
     from holodask.cluster import tune_malloc
 
     tune_malloc()  # as on the workers: waves stay on the heap (measured: 1.91 -> 1.79 s, 60 holograms)
