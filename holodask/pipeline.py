@@ -20,10 +20,8 @@ stage gathers the frames on the client. Stages:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,51 +149,16 @@ def _saturation_count(frame: np.ndarray, roi, shift_xy) -> int:
     return int(np.count_nonzero(extract_roi(frame, roi, shift_xy) == np.iinfo(frame.dtype).max))
 
 
-#: 1/empty factors (:func:`normalisation_factor`) made in this process, by empty wave,
-#: ROI position and grid, the least recently used dropped beyond FACTOR_CACHE_BYTES
-#: (2 MiB each at object_size 256, 8 MiB at 512)
-_FACTORS: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
-_FACTORS_LOCK = threading.Lock()
-FACTOR_CACHE_BYTES = 96 * 2**20
-
-
-def _cached_factor(empty_token: str, big_empty, roi, shift_xy, grid) -> np.ndarray:
-    """:func:`normalisation_factor` for this ROI position, made once per process.
-
-    Every worker (or the one process, with threads) makes the factors its own
-    holograms need, when first needed, so that the reconstruction tasks depend
-    on nothing but their frame: no factor tasks to wait for, and no pull of the
-    tasks towards the worker that made a factor.
-    """
-    key = (empty_token, tuple(roi), tuple(shift_xy), tuple(grid))
-    with _FACTORS_LOCK:
-        factor = _FACTORS.get(key)
-        if factor is not None:
-            _FACTORS.move_to_end(key)
-            return factor
-    factor = normalisation_factor(big_empty, roi, shift_xy, grid)  # (rarely made twice at once: harmless)
-    with _FACTORS_LOCK:
-        _FACTORS[key] = factor
-        while len(_FACTORS) > 1 and sum(f.nbytes for f in _FACTORS.values()) > FACTOR_CACHE_BYTES:
-            _FACTORS.popitem(last=False)
-    return factor
-
-
-def _reconstruct_frame(block, shift_xy, factor_grid, empty_token, geometry: SidebandGeometry, big_empty, roi, label,
-                       source, out_shape):
+def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_empty, roi, label, source,
+                       out_shape):
     """One raw frame block (1, H, W) to its normalised wave (ny, nx) (ROI, sideband, empty),
-    with the number of saturated pixels in its ROI.
-
-    With ``factor_grid``, normalised on that grid (:func:`normalise_with_factor`,
-    the factor from :func:`_cached_factor`); otherwise by :func:`normalise`.
-    """
+    with the number of saturated pixels in its ROI."""
     saturated = _saturation_count(block[0], roi, shift_xy)
     frame = extract_roi(block[0], roi, shift_xy)
     if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
         raise DataError(f"{label} of {source} holds NaN or Inf pixels")
     wave = reconstruct_hologram(frame, geometry)
-    if factor_grid is not None:
-        factor = _cached_factor(empty_token, big_empty, roi, shift_xy, factor_grid)
+    if factor is not None:
         wave = normalise_with_factor(wave, factor, out_shape)
     elif big_empty is not None:
         wave = normalise(wave, big_empty, roi, shift_xy, out_shape)
@@ -229,14 +192,20 @@ def _reconstruction_graph(objects: FrameSeries, shifts, roi, geometry, big_empty
         if key not in refs:
             refs[key] = (f"{key}-{token}",)
             dsk[refs[key]] = value
+    factor_keys = {}
     shift_list = [tuple(int(v) for v in s) for s in np.asarray(shifts).tolist()]
-    # 1/empty under each distinct ROI position: made once per process where needed (_cached_factor)
-    empty_token = tokenize(big_empty) if factor_grid is not None else ""
+    if factor_grid is not None:
+        # 1/empty under each distinct ROI position, computed once and shared by its holograms
+        for shift in shift_list:
+            if shift not in factor_keys:
+                factor_keys[shift] = ("factor-" + token, len(factor_keys))
+                dsk[factor_keys[shift]] = (normalisation_factor, refs["big_empty"], roi, shift, factor_grid)
     keys = []
     for k, shift in enumerate(shift_list):
-        dsk[(name, k)] = (_reconstruct_frame, objects.frame_task(k), shift, factor_grid, empty_token,
-                          refs["geometry"], refs["big_empty"], roi, f"frame {int(objects.frame_index[k])}", source,
-                          out_shape)
+        frame_key = objects.frame_task(k)
+        dsk[(name, k)] = (_reconstruct_frame, frame_key, shift, factor_keys.get(shift), refs["geometry"],
+                          None if factor_keys else refs["big_empty"], roi,
+                          f"frame {int(objects.frame_index[k])}", source, out_shape)
         keys.append((name, k))
     return dsk, keys
 
