@@ -38,7 +38,7 @@ from holodask.align import (
 )
 
 __all__ = ["AverageResult", "HeldFrames", "StoredFrame", "average_series", "compute_graph", "hold_frames",
-           "scheduler_of", "stack_store", "tree_reduce"]
+           "scheduler_of", "stack_store"]
 
 
 @dataclass
@@ -115,41 +115,9 @@ def _single_threaded_blas():
     return threadpool_limits(1, user_api="blas")
 
 
-def tree_reduce(parts: list, split_every: int = 8):
-    """Reduce per-frame ``(small_values, array)`` parts in a tree (one delayed).
-
-    The root holds the per-frame small values in frame order and the sum of the
-    arrays. Everything a round needs comes back in one result, so a round is one
-    task per frame plus the few tree nodes, with no selection tasks.
-    """
-    from dask import delayed
-
-    parts = list(parts)
-    if not parts:
-        raise ValueError("nothing to reduce")
-    while len(parts) > 1:
-        parts = [
-            delayed(_reduce_parts, pure=True)(*parts[i:i + split_every])
-            for i in range(0, len(parts), split_every)
-        ]
-    return parts[0]
-
-
-def _tree_reduce_graph(dsk: dict, keys: list, name: str, split_every: int = 8):
-    """Add the reduction of ``keys`` (``(small_values, array)`` parts) to ``dsk``; the root key."""
-    level = 0
-    while len(keys) > 1:
-        level += 1
-        reduced = []
-        for i in range(0, len(keys), split_every):
-            key = (name, level, i // split_every)
-            dsk[key] = (_reduce_parts, *keys[i:i + split_every])
-            reduced.append(key)
-        keys = reduced
-    return keys[0]
-
-
 def _reduce_parts(*parts):
+    """Sum of ``(small values, array)`` parts: the small values one after the other
+    (in the parts' order) and the sum of the arrays."""
     smalls = [value for part in parts for value in part[0]]
     first = parts[0][1]
     total = np.array(first, dtype=np.complex64 if np.iscomplexobj(first) else np.float64, copy=True)
@@ -217,7 +185,7 @@ def _final_task(block, state, average_spectrum, average_wave, grid):
 
 def _batch_task(kernel, blocks, values, *shared):
     """Run a per-frame kernel ``kernel(block, value, *shared)`` on a batch of frames
-    and reduce the batch's parts (see :func:`tree_reduce`) in the same task."""
+    and reduce the batch's parts (see :func:`_reduce_parts`) in the same task."""
     return _reduce_parts(*(kernel(_load(block), value, *shared) for block, value in zip(blocks, values)))
 
 
@@ -506,7 +474,7 @@ class _Graph:
 
     def reduce_into(self, label: str, func, parts: list, *args, split_every: int = 16, worker=None):
         """``func(summed part, *args)``, where the summed part reduces the ``(small values,
-        array)`` parts (see :func:`tree_reduce`): in a tree of sums where there are many,
+        array)`` parts (see :func:`_reduce_parts`): in a tree of sums where there are many,
         inside the same task where there are few (one scheduling step less per round)."""
         while len(parts) > split_every:
             parts = [self.add("sum", _reduce_parts, *parts[i:i + split_every])
