@@ -21,7 +21,7 @@ a CPU quota, give less, and no scheduler can scale beyond it.
 Usage::
 
     python benchmarks/scaling.py memory  [--small 50 --large 400 --size 1024 --object-size 256]
-    python benchmarks/scaling.py scaling [--frames 60 --size 1024 --object-size 256]
+    python benchmarks/scaling.py scaling [--frames 200 --size 1024 --object-size 256]
     python benchmarks/scaling.py ceiling [--size 1024 --object-size 256]
     python benchmarks/scaling.py all     # all three, appended to benchmarks/RESULTS.md
 """
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("what", choices=["memory", "scaling", "ceiling", "all"])
     ap.add_argument("--small", type=int, default=50)
     ap.add_argument("--large", type=int, default=400)
-    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--frames", type=int, default=200, help="series length for the scaling (users: hundreds)")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--object-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
