@@ -89,7 +89,9 @@ def compute_graph(dsk: dict, keys: list, client=None) -> list:
     debugging).
     """
     if client is not None:
-        return client.get(dsk, keys)
+        futures = client.get(dsk, keys, sync=False)
+        _follow(futures, client)
+        return client.gather(futures)
     if scheduler_of(None) in ("sync", "synchronous", "single-threaded"):
         from dask.local import get_sync
 
@@ -484,6 +486,7 @@ class _Graph:
     def compute(self, ref):
         if self.client is None:
             return compute_graph(self.dsk, [ref])[0]
+        _follow([ref], self.client)  # the progress bar follows every round behind it
         return ref.result()
 
 

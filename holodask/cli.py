@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    if verbosity < 2:
+        # Dask's own INFO lines (workers starting and closing, ...) only with -vv; holodask
+        # prints the dashboard link itself. The config reaches worker processes started later.
+        import dask
+
+        dask.config.set({"logging.distributed": "warning"})
+        logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
