@@ -248,3 +248,21 @@ def test_normalisation_on_the_double_grid_equals_the_reference_route(roi, shift)
     expected = _normalise(wave, big_empty, roi, shift, out)
     got = _normalise_with_factor(wave, _normalisation_factor(big_empty, roi, shift, grid), out)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+def test_command_line_run_on_a_local_cluster_says_little(tmp_path):
+    """On a local cluster the command prints the dashboard link and what it was asked
+    to, not Dask's own log lines, and writes the same result as with threads."""
+    _, params = _simulate(tmp_path, n_frames=3)
+    threaded = _write(tmp_path, dict(params, output_name="threads.hdf5"), "threads.json")
+    clustered = _write(tmp_path, dict(params, output_name="cluster.hdf5"), "cluster.json")
+    assert subprocess.run([sys.executable, "-m", "holodask", "run", str(threaded)], capture_output=True).returncode == 0
+    done = subprocess.run([sys.executable, "-m", "holodask", "run", str(clustered), "--cluster", "local",
+                           "--workers", "1", "--threads-per-worker", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("holodask: Dask dashboard: http")
+    assert not any("nanny" in line.lower() or "scheduler" in line.lower() for line in lines), lines
+    with h5py.File(tmp_path / "threads.hdf5") as a, h5py.File(tmp_path / "cluster.hdf5") as b:
+        one, two = holo_hdf5.read_complex(a["data"]), holo_hdf5.read_complex(b["data"])
+    assert np.abs(one - two).max() <= 1e-5 * np.abs(one).mean()
