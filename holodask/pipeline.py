@@ -142,19 +142,19 @@ def _roi_frame(block, shift_xy, roi):
     return extract_roi(block[0], roi, shift_xy)
 
 
-def _saturation_count(frame: np.ndarray, roi, shift_xy) -> int:
-    """Pixels at the maximum of their integer type in the drift-moved ROI of a raw frame."""
-    if frame.dtype.kind not in "iu":
+def _saturation_count(roi_pixels: np.ndarray) -> int:
+    """Pixels at the maximum of their integer type (in the drift-moved ROI of a raw frame)."""
+    if roi_pixels.dtype.kind not in "iu":
         return 0
-    return int(np.count_nonzero(extract_roi(frame, roi, shift_xy) == np.iinfo(frame.dtype).max))
+    return int(np.count_nonzero(roi_pixels == np.iinfo(roi_pixels.dtype).max))
 
 
 def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_empty, roi, label, source,
                        out_shape):
     """One raw frame block (1, H, W) to its normalised wave (ny, nx) (ROI, sideband, empty),
     with the number of saturated pixels in its ROI."""
-    saturated = _saturation_count(block[0], roi, shift_xy)
     frame = extract_roi(block[0], roi, shift_xy)
+    saturated = _saturation_count(frame)
     if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
         raise DataError(f"{label} of {source} holds NaN or Inf pixels")
     wave = reconstruct_hologram(frame, geometry)
