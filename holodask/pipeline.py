@@ -249,6 +249,14 @@ def _empty_size(params: HoloParams) -> int:
     return int(size)
 
 
+def _first_frame(spec, params: HoloParams) -> np.ndarray:
+    """The first 2-D frame of a file spec, read here."""
+    from holodask.series import frame_series_from_sources, open_sources
+
+    series = frame_series_from_sources(open_sources(spec, params.basepath))
+    return np.asarray(compute_graph(series.graph, series.keys[:1])[0][0])
+
+
 def _read_complex_wave(spec: str, params: HoloParams) -> np.ndarray:
     """A reconstructed wave given as a file spec (HDF5 compound r/i or any reader)."""
     from holodask.io.registry import parse_spec
@@ -270,10 +278,7 @@ def _read_complex_wave(spec: str, params: HoloParams) -> np.ndarray:
         except OSError as exc:
             raise InputFileError(f"empty_override: cannot read {file_spec.path} ({exc})") from None
     else:
-        from holodask import series as series_module
-
-        series = series_module.frame_series_from_sources(series_module.open_sources(spec, params.basepath))
-        wave = np.asarray(compute_graph(series.graph, series.keys[:1])[0][0])
+        wave = _first_frame(spec, params)
     wave = np.asarray(wave)
     if wave.ndim != 2:
         raise InputFileError(f"empty_override: {file_spec.path} holds a {wave.ndim}-D array, expected a 2-D wave")
@@ -307,7 +312,7 @@ def _empty_stage(params: HoloParams, objects: FrameSeries | None, client) -> _Em
     source = empties.attrs.get("source") or "the empty series"
     name = "reconstruct-empty-" + tokenize(empties.name, size, source)
     dsk = dict(empties.graph)
-    for k, key in enumerate(empties.keys):
+    for k in range(empties.n_frames):
         dsk[(name, k)] = (_reconstruct_empty_frame, empties.frame_task(k), geometry, f"frame {int(frame_index[k])}",
                           source)
     keys = [(name, k) for k in range(empties.n_frames)]
@@ -333,15 +338,13 @@ def _empty_stage(params: HoloParams, objects: FrameSeries | None, client) -> _Em
 
 
 def _synthesized_empty(params: HoloParams, objects: FrameSeries | None) -> _Empty:
-    from holodask import series as series_module
     from holodask.io.holo_hdf5 import standard_attrs
 
     if params.camera_distortions is None:
         raise ParameterError("camera_distortions: needed with synthesize_empty (two files: x and y distortions)")
     distortions = []
     for spec in params.camera_distortions:
-        series = series_module.frame_series_from_sources(series_module.open_sources(spec, params.basepath))
-        distortions.append(np.asarray(compute_graph(series.graph, series.keys[:1])[0][0], dtype=np.float64))
+        distortions.append(np.asarray(_first_frame(spec, params), dtype=np.float64))
     if distortions[0].shape != distortions[1].shape:
         raise InputFileError(
             f"camera_distortions: the x and y distortion arrays differ in shape "
