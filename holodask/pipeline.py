@@ -120,6 +120,7 @@ def _check_sideband(params: HoloParams, shape) -> None:
 
 
 def _check_finite(frame: np.ndarray, label: str, source: str) -> None:
+    """One clear error for a float frame holding NaN or Inf pixels."""
     if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
         raise DataError(f"{label} of {source} holds NaN or Inf pixels")
 
@@ -127,8 +128,7 @@ def _check_finite(frame: np.ndarray, label: str, source: str) -> None:
 def _align_spectrum_frame(block, region, window, label, source):
     """Windowed spectrum of the alignment region of one raw frame block (1, H, W)."""
     frame = block[0]
-    if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
-        raise DataError(f"{label} of {source} holds NaN or Inf pixels")
+    _check_finite(frame, label, source)
     left, top, right, bottom = region
     return window_spectrum(frame[top:bottom, left:right], window)
 
@@ -155,8 +155,7 @@ def _reconstruct_frame(block, shift_xy, factor, geometry: SidebandGeometry, big_
     with the number of saturated pixels in its ROI."""
     frame = extract_roi(block[0], roi, shift_xy)
     saturated = _saturation_count(frame)
-    if frame.dtype.kind in "fc" and not np.isfinite(frame).all():
-        raise DataError(f"{label} of {source} holds NaN or Inf pixels")
+    _check_finite(frame, label, source)
     wave = reconstruct_hologram(frame, geometry)
     if factor is not None:
         wave = normalise_with_factor(wave, factor, out_shape)
