@@ -286,7 +286,7 @@ def _fourier_moments(weights: np.ndarray, grid: AlignmentGrid, fourier: list[int
     qy = grid.qy[:, 0]
     powers_y = np.stack([qy**k for k in range(orders)]).astype(np.float32)
     weights = np.ascontiguousarray(weights, dtype=np.complex64)
-    by_column = (powers_y @ weights.view(np.float32)).view(np.complex64).astype(np.complex128)  # (orders, nx)
+    by_column = np.dot(powers_y, weights.view(np.float32)).view(np.complex64).astype(np.complex128)  # (orders, nx)
     qx = grid.qx[0, :].astype(np.float64)
 
     def moment(k, l):
@@ -435,9 +435,9 @@ def fit_to_average(
         residual_real = residual.reshape(-1).view(np.float32)
         turned = residual * np.complex64(-1j)
         # z_a = <J_a, r> = Re + i Im, from the real views (one matrix-vector product each)
-        z = (jacobian_real @ residual_real).astype(np.float64) + 1j * (jacobian_real @ turned.reshape(-1).view(np.float32)).astype(np.float64)
+        z = np.dot(jacobian_real, residual_real).astype(np.float64) + 1j * np.dot(jacobian_real, turned.reshape(-1).view(np.float32)).astype(np.float64)
         gradient = z.real
-        gauss_newton = (jacobian_real @ jacobian_real.T).astype(np.float64)
+        gauss_newton = np.dot(jacobian_real, jacobian_real.T).astype(np.float64)
         hessian = gauss_newton.copy()
         factor_c = complex(factor)
         # second derivatives d2 model / d f d p = (d model / d p) / f (times 1 or i)
