@@ -20,6 +20,7 @@ and its contribution to the next average is the inverse operation applied to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -170,6 +171,32 @@ class AlignmentGrid:
     x: np.ndarray  # (1, nx_inner)
     inner: tuple[slice, slice]
 
+    @cached_property
+    def tables(self) -> "_FitTables":
+        """Arrays the fit uses on every call, made once per grid (and per process)."""
+        return _FitTables(self)
+
+
+class _FitTables:
+    """Per-grid constants of :func:`fit_to_average` and the propagators."""
+
+    def __init__(self, grid: AlignmentGrid):
+        self.qy = grid.qy.astype(np.float64)  # (ny, 1)
+        self.qx = grid.qx.astype(np.float64)  # (1, nx)
+        self.qy2, self.qx2 = self.qy**2, self.qx**2
+        # d(spectrum)/dp / spectrum = i * (real multiplier); the multipliers act on the
+        # (ny, 2 nx) float32 view of a spectrum (re/im interleaved along x)
+        self.multipliers = {
+            2: (2.0 * np.pi * grid.qy).astype(np.float32),
+            3: np.repeat((2.0 * np.pi * grid.qx).astype(np.float32), 2, axis=1),
+        }
+        self.defocus_multiplier = np.repeat((-np.pi * grid.wavelength_nm * grid.q2).astype(np.float32), 2, axis=1)
+        self.coordinates = {4: np.complex64(2j * np.pi) * grid.y, 5: np.complex64(2j * np.pi) * grid.x}
+        self.powers_y = np.stack([grid.qy[:, 0].astype(np.float64)**k for k in range(5)]).astype(np.float32)
+        self.powers_x = [grid.qx[0, :].astype(np.float64)**k for k in range(5)]
+        self.q_max = (float(np.abs(grid.qy).max()), float(np.abs(grid.qx).max()))
+        self.r_max = (float(np.abs(grid.y).max()), float(np.abs(grid.x).max()))
+
 
 def alignment_grid(shape, sampling_yx, voltage_kV: float | None, margin: float = 1.0 / 6.0) -> AlignmentGrid:
     """Grids for waves of ``shape`` with pixel size ``sampling_yx`` (nm).
@@ -190,10 +217,24 @@ def alignment_grid(shape, sampling_yx, voltage_kV: float | None, margin: float =
 
 def _propagator_factors(state: np.ndarray, grid: AlignmentGrid, sign: float) -> tuple[np.ndarray, np.ndarray]:
     """The y and x factors (complex64, (ny, 1) and (1, nx)) of :func:`_propagator`."""
+    tables = grid.tables
     defocus_term = np.pi * grid.wavelength_nm * state[_DEFOCUS]
-    phase_y = (2.0 * np.pi * state[2]) * grid.qy - defocus_term * grid.qy**2
-    phase_x = (2.0 * np.pi * state[3]) * grid.qx - defocus_term * grid.qx**2
-    return np.exp((1j * sign) * phase_y).astype(np.complex64), np.exp((1j * sign) * phase_x).astype(np.complex64)
+    phase_y = (2.0 * np.pi * state[2]) * tables.qy
+    phase_x = (2.0 * np.pi * state[3]) * tables.qx
+    if defocus_term != 0.0:
+        phase_y -= defocus_term * tables.qy2
+        phase_x -= defocus_term * tables.qx2
+    phase_y *= sign
+    phase_x *= sign
+    return _unit_phasor(phase_y), _unit_phasor(phase_x)
+
+
+def _unit_phasor(phase: np.ndarray) -> np.ndarray:
+    """``exp(i phase)`` as complex64 (phase in float64)."""
+    out = np.empty(phase.shape, dtype=np.complex64)
+    np.cos(phase, out=out.real)
+    np.sin(phase, out=out.imag)
+    return out
 
 
 def _propagator(state: np.ndarray, grid: AlignmentGrid, sign: float) -> np.ndarray:
@@ -283,14 +324,13 @@ def _fourier_moments(weights: np.ndarray, grid: AlignmentGrid, fourier: list[int
     1-D dot products.
     """
     orders = 5 if 6 in fourier else 3
-    qy = grid.qy[:, 0]
-    powers_y = np.stack([qy**k for k in range(orders)]).astype(np.float32)
+    tables = grid.tables
     weights = np.ascontiguousarray(weights, dtype=np.complex64)
-    by_column = np.dot(powers_y, weights.view(np.float32)).view(np.complex64).astype(np.complex128)  # (orders, nx)
-    qx = grid.qx[0, :].astype(np.float64)
+    by_column = np.dot(tables.powers_y[:orders], weights.view(np.float32)).view(np.complex64).astype(np.complex128)
+    powers_x = tables.powers_x
 
     def moment(k, l):
-        return by_column[k] @ qx**l
+        return np.dot(by_column[k], powers_x[l])
 
     c = -4.0 * np.pi**2  # (2 pi i)^2
     moments = {}
@@ -307,11 +347,19 @@ def _fourier_moments(weights: np.ndarray, grid: AlignmentGrid, fourier: list[int
     return moments
 
 
+def _zero_outside(array: np.ndarray, inner: tuple[slice, slice]) -> None:
+    """Set a 2-D array to zero outside its ``inner`` region (which is left as it is)."""
+    rows, columns = inner
+    array[: rows.start] = 0
+    array[rows.stop:] = 0
+    array[rows, : columns.start] = 0
+    array[rows, columns.stop:] = 0
+
+
 def _step_phase_rad(step: np.ndarray, free: list[int], grid: AlignmentGrid, state: np.ndarray) -> float:
     """Largest change (rad) a parameter step makes to the model's phase over the spectrum or the
     inner region (for the factor: its relative change)."""
-    q_max = (float(np.abs(grid.qy).max()), float(np.abs(grid.qx).max()))
-    r_max = (float(np.abs(grid.y).max()), float(np.abs(grid.x).max()))
+    q_max, r_max = grid.tables.q_max, grid.tables.r_max
     factor = abs(complex(state[0], state[1]))
     largest = abs(complex(step[0], step[1])) / factor if factor > 0 else np.inf  # free[:2] = [0, 1]
     for value, index in zip(step, free):
@@ -369,16 +417,10 @@ def fit_to_average(
     target = np.ascontiguousarray(np.asarray(wave)[inner], dtype=np.complex64)
     n_pixels = grid.shape[0] * grid.shape[1]
     fourier = ([2, 3] if fit_shift else []) + ([6] if fit_defocus else [])
-    # d(spectrum)/dp / spectrum = i * (real multiplier); the real multipliers act on the
-    # (ny, 2 nx) float32 view of a spectrum (re/im interleaved along x)
-    multipliers = {}
-    if fit_shift:
-        multipliers[2] = (2.0 * np.pi * grid.qy).astype(np.float32)
-        multipliers[3] = np.repeat((2.0 * np.pi * grid.qx).astype(np.float32), 2, axis=1)
-    if fit_defocus:
-        multipliers[6] = np.repeat((-np.pi * grid.wavelength_nm * grid.q2).astype(np.float32), 2, axis=1)
+    tables = grid.tables
+    multipliers = {**tables.multipliers, 6: tables.defocus_multiplier}
     tilts = [4, 5] if fit_tilt else []
-    coordinates = {4: np.complex64(2j * np.pi) * grid.y, 5: np.complex64(2j * np.pi) * grid.x}
+    coordinates = tables.coordinates
     free = sorted([0, 1] + fourier + tilts)
     row = {index: k for k, index in enumerate(free)}
     n_free = len(free)
@@ -419,6 +461,7 @@ def fit_to_average(
     small_rad = np.pi * step_tolerance_px
     for _ in range(max_iterations):
         factor = np.complex64(_factor(state))
+        derivative_scale = np.complex64(1j * complex(factor) / n_pixels)
         # first derivatives: factor (base, i base), Fourier parameters, tilts
         jacobian[row[0]] = base
         np.multiply(base, np.complex64(1j), out=jacobian[row[1]])
@@ -426,8 +469,7 @@ def fit_to_average(
         for index in fourier:
             out = jacobian[row[index]]
             np.multiply(spectrum_real, multipliers[index], out=inverse_in_real)
-            np.multiply(inverse()[inner], to_inverse, out=out)
-            out *= np.complex64(1j) * factor
+            np.multiply(inverse()[inner], derivative_scale, out=out)
             if ramp is not None:
                 out *= ramp
         for index in tilts:
@@ -461,7 +503,7 @@ def fit_to_average(
             # sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R) S k_a k_b (Parseval), with R
             # the spectrum of the residual (tilt ramp taken off) zero outside the inner region
             padded, forward = _transform_buffers("fft2", grid.shape)
-            padded[...] = 0
+            _zero_outside(padded, inner)
             if ramp is None:
                 padded[inner] = residual
             else:
