@@ -63,6 +63,19 @@ def initial_state(factor: complex = 1.0, defocus_nm: float = 0.0) -> np.ndarray:
 # --------------------------------------------------------------------------- raw alignment
 
 
+#: the coarse correlation grid has at least this many points per band width (2 r + 1)
+_COARSE_OVERSAMPLING = 1.25
+#: coarse pixels around a candidate whose integer positions are evaluated exactly, and
+#: around which no further candidate is taken
+_SEARCH_RADIUS = 2
+_BLANK_RADIUS = 1
+#: a coarse point is a candidate while it reaches this fraction of the best exact value
+#: found: the best corner of the coarse cell of a maximum keeps more than 0.6 of its height
+#: (pure noise, 3000 cases); more than _MAX_CANDIDATES: the full-size map
+_PEAK_FRACTION = 0.4
+_MAX_CANDIDATES = 8
+
+
 @dataclass(frozen=True)
 class CorrelationWindow:
     """The low frequencies a phase correlation keeps (``|q| < cut-off``).
@@ -70,12 +83,45 @@ class CorrelationWindow:
     Spectra are computed and correlated only on the rows ``ky = -ry..ry`` and
     columns ``kx = 0..rx`` of the half spectrum that can pass the low-pass; the
     result equals the correlation of full spectra with the hard mask.
+
+    Where the band is small, the correlation's maximum is searched on a grid of
+    ``coarse_shape`` and evaluated exactly on blocks of integer positions
+    around the best points, from the tables ``search_rows[d, ky] = exp(2 pi i
+    ky d / H)`` and ``search_columns[kx, d] = w exp(2 pi i kx d / W)`` (``w =
+    1`` at ``kx = 0``, else 2: the half spectrum); else these are None.
     """
 
     shape: tuple[int, int]
     rows: np.ndarray  # unshifted row indices of ky = -ry..ry
     n_columns: int  # kx = 0..rx
     mask: np.ndarray  # (2 ry + 1, rx + 1) float32
+    coarse_shape: tuple[int, int] | None = None
+    search_rows: np.ndarray | None = None  # (block height, 2 ry + 1) complex64
+    search_columns: np.ndarray | None = None  # (rx + 1, block width) complex64
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2-3-5-smooth integer >= ``n``."""
+    size = max(int(n), 1)
+    while True:
+        rest = size
+        for factor in (2, 3, 5):
+            while rest % factor == 0:
+                rest //= factor
+        if rest == 1:
+            return size
+        size += 1
+
+
+def _block_size(n: int, coarse_n: int) -> int:
+    """Integer positions that can lie within +-_SEARCH_RADIUS coarse pixels of a coarse point."""
+    return 2 * _SEARCH_RADIUS * n // coarse_n + 1
+
+
+def _phases(frequencies: np.ndarray, positions, n: int) -> np.ndarray:
+    """``exp(2 pi i k p / n)`` for integer frequencies ``k`` and positions ``p``
+    (broadcast), complex64."""
+    return np.exp((2j * np.pi / n) * (frequencies * positions % n)).astype(np.complex64)
 
 
 def correlation_window(shape, sampling_nm: float, cut_off_per_nm: float) -> CorrelationWindow:
@@ -90,7 +136,21 @@ def correlation_window(shape, sampling_nm: float, cut_off_per_nm: float) -> Corr
     qy = (ky / (height * sampling_nm)).reshape(-1, 1)
     qx = (kx / (width * sampling_nm)).reshape(1, -1)
     mask = ((qx**2 + qy**2) < cut_off_per_nm**2).astype(np.float32)
-    return CorrelationWindow((height, width), ky % height, reach_x + 1, mask)
+    # frequencies -r..r in each direction: a grid of >= 2 r + 1 points samples the
+    # correlation exactly
+    coarse_y, coarse_x = (max(_fft_size(int(np.ceil(_COARSE_OVERSAMPLING * (2 * reach + 1)))), 8)
+                          for reach in (reach_y, reach_x))
+    # the full-size map where the coarse grid saves little, and where a reach of 0 makes
+    # the map constant along one direction (a tie that rounding breaks there)
+    if 2 * coarse_y > height or 2 * coarse_x > width or min(reach_y, reach_x) == 0:
+        return CorrelationWindow((height, width), ky % height, reach_x + 1, mask)
+    offsets_y = np.arange(_block_size(height, coarse_y)).reshape(-1, 1)
+    offsets_x = np.arange(_block_size(width, coarse_x)).reshape(1, -1)
+    search_rows = _phases(ky.reshape(1, -1), offsets_y, height)
+    search_columns = _phases(kx.reshape(-1, 1), offsets_x, width)
+    search_columns[1:] *= 2  # kx stands for +-kx (no Nyquist column: rx < width / 4 here)
+    return CorrelationWindow((height, width), ky % height, reach_x + 1, mask, (coarse_y, coarse_x),
+                             search_rows, search_columns)
 
 
 def window_spectrum(image: np.ndarray, window: CorrelationWindow) -> np.ndarray:
@@ -105,18 +165,24 @@ def window_spectrum(image: np.ndarray, window: CorrelationWindow) -> np.ndarray:
     return np.ascontiguousarray(run_columns()[:, window.rows].T)
 
 
-def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: CorrelationWindow) -> tuple[int, int]:
-    """Integer shift ``(dx, dy)`` between two window spectra (phase correlation).
-
-    The sign follows the reference's ``raw_shift``: a feature that moved by
-    ``+d`` from ``previous`` to ``current`` gives ``-d``.
-    """
-    height, width = window.shape
+def _normalised_cross(previous: np.ndarray, current: np.ndarray, window: CorrelationWindow) -> np.ndarray:
+    """The phase-correlation spectrum of two window spectra, low-pass masked."""
     centre = len(window.rows) // 2  # ky = 0
     scale = 0.5 * abs(previous[centre, 0]) + 0.5 * abs(current[centre, 0])
     cross = previous * np.conj(current)
-    cross /= np.abs(cross) + 1e-4 * scale
-    cross *= window.mask
+    # numpy divides a complex by a real d as a product with 1 / d: the same numbers,
+    # without the slow complex division; the mask (0 or 1) goes into the same factor
+    factor = np.abs(cross)
+    factor += 1e-4 * scale
+    np.reciprocal(factor, out=factor)
+    factor *= window.mask
+    cross *= factor
+    return cross
+
+
+def _full_map_peak(cross: np.ndarray, window: CorrelationWindow) -> tuple[int, int]:
+    """``(y, x)`` of the maximum of the full-size correlation map of ``cross``."""
+    height, width = window.shape
     # unnormalised inverse transforms (the scale does not move the peak): along y as
     # contiguous rows (transposed), then the half spectra along x
     columns, run_columns = _transform_buffers("ifft", (window.n_columns, height), axis=1)
@@ -128,17 +194,99 @@ def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: Correla
     half[:, : window.n_columns] = columns.T
     ccf = run_half()
     peak_y, peak_x = np.unravel_index(int(np.argmax(ccf)), ccf.shape)
-    # as the peak of the centred (fftshift-ed) correlation
+    return int(peak_y), int(peak_x)
+
+
+def _searched_peak(cross: np.ndarray, window: CorrelationWindow) -> tuple[int, int] | None:
+    """``(y, x)`` of the maximum of the full-size correlation map of ``cross``, searched
+    on the coarse grid (None: not found there).
+
+    Candidates are the best coarse points, in decreasing order, each with its
+    neighbours left out of the next ones, while they reach ``_PEAK_FRACTION``
+    of the best value found. Around each, the full map's values on a block of
+    integer positions are ``Re sum_ky,kx w C exp(2 pi i (ky y / H + kx x / W))``
+    (:class:`CorrelationWindow`). Ties go to the first position in row-major
+    order, as with ``argmax`` of the full map.
+    """
+    height, width = window.shape
+    coarse_y, coarse_x = window.coarse_shape
+    reach_y = len(window.rows) // 2
+    spectrum, run = _transform_buffers("irfft2", (coarse_y, coarse_x // 2 + 1), n=(coarse_y, coarse_x))
+    spectrum[...] = 0
+    spectrum[: reach_y + 1, : window.n_columns] = cross[reach_y:]
+    spectrum[coarse_y - reach_y:, : window.n_columns] = cross[:reach_y]
+    coarse = run()  # the transform's own output buffer: candidates are blanked in it
+    ky = np.arange(-reach_y, reach_y + 1)
+    kx = np.arange(window.n_columns).reshape(-1, 1)
+    best_value, best_index = -np.inf, None
+    for _ in range(_MAX_CANDIDATES):
+        flat = int(np.argmax(coarse))
+        value = float(coarse.flat[flat])
+        if value == -np.inf and best_index is not None:  # all left out
+            return divmod(best_index, width)
+        if not np.isfinite(value):
+            return None
+        if best_index is not None and value < _PEAK_FRACTION * best_value:
+            return divmod(best_index, width)
+        j, i = divmod(flat, coarse_x)
+        # the first integer position of the block (ceil of (j - radius) * height / coarse_y)
+        first_y = -((_SEARCH_RADIUS - j) * height // coarse_y)
+        first_x = -((_SEARCH_RADIUS - i) * width // coarse_x)
+        along_y = window.search_rows * _phases(ky, first_y, height)
+        along_x = window.search_columns * _phases(kx, first_x, width)
+        values = (along_y @ cross @ along_x).real
+        value = float(values.max())
+        if not np.isfinite(value):
+            return None
+        row, column = np.nonzero(values == value)
+        index = int((((first_y + row) % height) * width + (first_x + column) % width).min())
+        if value > best_value or (value == best_value and index < best_index):
+            best_value, best_index = value, index
+        if not best_value > 0:  # the fraction needs a positive maximum
+            return None
+        coarse[np.ix_(np.arange(j - _BLANK_RADIUS, j + _BLANK_RADIUS + 1) % coarse_y,
+                      np.arange(i - _BLANK_RADIUS, i + _BLANK_RADIUS + 1) % coarse_x)] = -np.inf
+    return None
+
+
+def correlate_spectra(previous: np.ndarray, current: np.ndarray, window: CorrelationWindow) -> tuple[int, int]:
+    """Integer shift ``(dx, dy)`` between two window spectra (phase correlation).
+
+    The sign follows the reference's ``raw_shift``: a feature that moved by
+    ``+d`` from ``previous`` to ``current`` gives ``-d``. The maximum is that of
+    the full-size correlation map (:func:`_correlate_full`), searched on a
+    coarse grid where the window allows.
+    """
+    cross = _normalised_cross(previous, current, window)
+    peak = _searched_peak(cross, window) if window.coarse_shape is not None else None
+    if peak is None:
+        peak = _full_map_peak(cross, window)
+    return _centred_shift(peak, window.shape)
+
+
+def _correlate_full(previous: np.ndarray, current: np.ndarray, window: CorrelationWindow) -> tuple[int, int]:
+    """:func:`correlate_spectra` from the full-size correlation map (the reference)."""
+    return _centred_shift(_full_map_peak(_normalised_cross(previous, current, window), window), window.shape)
+
+
+def _centred_shift(peak: tuple[int, int], shape: tuple[int, int]) -> tuple[int, int]:
+    """``(dx, dy)`` of a peak ``(y, x)`` of the centred (fftshift-ed) correlation."""
+    (peak_y, peak_x), (height, width) = peak, shape
     return int((peak_x + width // 2) % width - width // 2), int((peak_y + height // 2) % height - height // 2)
 
 
 def correlation_fft_plans(window: CorrelationWindow) -> list[tuple]:
     """The transforms :func:`window_spectrum` and :func:`correlate_spectra` run, as
-    ``(kind, shape, out_shape, axis)`` for :func:`holodask.fft.prepare`."""
+    ``(kind, shape, out_shape, axis)`` for :func:`holodask.fft.prepare` (the
+    full-size ones also with a coarse grid: it falls back on them)."""
     height, width = window.shape
     columns = (window.n_columns, height)
-    return [("rfft", window.shape, None, 1), ("fft", columns, None, 1), ("ifft", columns, None, 1),
-            ("irfft", (height, width // 2 + 1), width, 1)]
+    plans = [("rfft", window.shape, None, 1), ("fft", columns, None, 1), ("ifft", columns, None, 1),
+             ("irfft", (height, width // 2 + 1), width, 1)]
+    if window.coarse_shape is not None:
+        coarse_y, coarse_x = window.coarse_shape
+        plans.append(("irfft2", (coarse_y, coarse_x // 2 + 1), (coarse_y, coarse_x), None))
+    return plans
 
 
 def phase_correlate(previous: np.ndarray, current: np.ndarray, cut_off_per_nm: float, sampling_nm: float = 1.0) -> tuple[int, int]:

@@ -128,20 +128,21 @@ def mtf_array(terms, shape, binning: int = 1) -> np.ndarray:
 _scratch = threading.local()
 
 
-def _transform_buffers(kind: str, shape, axis: int | None = None, n: int | None = None):
+def _transform_buffers(kind: str, shape, axis: int | None = None, n: int | tuple | None = None):
     """Input buffer and runner of one *unnormalised* transform, for kernels that
     fill the input in place and read the output without copies.
 
-    ``kind``: fft2, ifft2, or the 1-D fft, ifft, rfft, irfft (onto ``n``
-    points) along ``axis``. Returns ``(input, run)``; ``run()`` returns the
-    output array. Both belong to this thread and are overwritten by the next
-    transform of the same kind and shape here: copy what must outlive it. An
-    irfft may overwrite its input.
+    ``kind``: fft2, ifft2, irfft2 (onto the shape ``n``), or the 1-D fft,
+    ifft, rfft, irfft (onto ``n`` points) along ``axis``. Returns ``(input,
+    run)``; ``run()`` returns the output array. Both belong to this thread and
+    are overwritten by the next transform of the same kind and shape here: copy
+    what must outlive it. An irfft or irfft2 may overwrite its input.
     """
     shape = tuple(int(s) for s in shape)
     dtype = np.dtype(np.float32 if kind == "rfft" else np.complex64)
     if fft.backend() == "pyfftw":
-        plan = fft._plan(kind, shape, dtype, out_shape=None if n is None else int(n), axis=axis)
+        out_shape = None if n is None else tuple(int(v) for v in n) if kind == "irfft2" else int(n)
+        plan = fft._plan(kind, shape, dtype, out_shape=out_shape, axis=axis)
 
         def run():
             plan.execute()
@@ -160,9 +161,11 @@ def _transform_buffers(kind: str, shape, axis: int | None = None, n: int | None 
     options = {"workers": fft.get_fft_threads(), "norm": "forward" if kind.startswith("i") else "backward"}
     if axis is not None:
         options["axis"] = axis
-    if n is not None:
+    if n is not None and kind == "irfft2":
+        options["s"] = tuple(int(v) for v in n)
+    elif n is not None:
         options["n"] = int(n)
-    out_dtype = np.float32 if kind == "irfft" else np.complex64
+    out_dtype = np.float32 if kind.startswith("irfft") else np.complex64
 
     def run():
         return np.asarray(function(buffer, **options), dtype=out_dtype)

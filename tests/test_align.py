@@ -10,7 +10,7 @@ import pytest
 from scipy.optimize import least_squares
 
 from waves import smooth_wave
-from holodask import fft
+from holodask import align, fft
 from holodask.align import (
     aligned_spectrum,
     alignment_grid,
@@ -58,6 +58,95 @@ def test_phase_correlate_on_any_shape(shape, drift):
     image = image + rng.normal(size=shape)
     moved = np.roll(image, drift, axis=(0, 1))
     assert phase_correlate(image, moved, cut_off_per_nm=0.5, sampling_nm=SAMPLING) == (-drift[1], -drift[0])
+
+
+def _random_field(shape, rng, band: float = 0.08) -> np.ndarray:
+    """A smooth random image: white noise low-passed to about ``band`` cycles/px, unit variance."""
+    spectrum = np.fft.rfft2(rng.normal(size=shape))
+    qy, qx = np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :]
+    spectrum *= np.exp(-(qy**2 + qx**2) / (2 * band**2))
+    field = np.fft.irfft2(spectrum, s=shape)
+    return field / field.std()
+
+
+def _both_peaks(first, second, window):
+    """:func:`correlate_spectra` and the full-size map's :func:`_correlate_full` of two images."""
+    spectra = align.window_spectrum(first, window), align.window_spectrum(second, window)
+    return align.correlate_spectra(*spectra, window), align._correlate_full(*spectra, window)
+
+
+@pytest.mark.parametrize("shape", [(972, 972), (511, 640), (300, 301), (256, 199)])
+@pytest.mark.parametrize("cut_off_per_nm", [0.05, 0.12, 0.186, 0.3])
+def test_correlate_spectra_equals_the_full_map(shape, cut_off_per_nm):
+    """The coarse search returns the full-size map's maximum: random drifts (cropped and
+    periodic, up to half the size), clear to buried peaks, and unrelated images."""
+    rng = np.random.default_rng([*shape, int(cut_off_per_nm * 1000)])
+    window = align.correlation_window(shape, SAMPLING, cut_off_per_nm)
+    assert window.coarse_shape is not None
+    height, width = shape
+    margin = 60
+    field = _random_field((height + 2 * margin, width + 2 * margin), rng)
+    for noise in (0.3, 3.0, 8.0, 15.0):
+        for _ in range(3):
+            dy, dx = (int(v) for v in rng.integers(-margin, margin + 1, size=2))
+            first = field[margin:margin + height, margin:margin + width] + noise * rng.normal(size=shape)
+            second = field[margin - dy:margin - dy + height, margin - dx:margin - dx + width]
+            second = second + noise * rng.normal(size=shape)
+            new, full = _both_peaks(first, second, window)
+            assert new == full, (noise, dy, dx)
+    image = field[:height, :width]
+    for drift in [(height // 2 - 1, -(width // 2) + 1), (-(height // 2), width // 2 - 1)] + [
+            tuple(int(v) for v in rng.integers(-(height // 2), height // 2, size=2)) for _ in range(2)]:
+        moved = np.roll(image, drift, axis=(0, 1)) + 5.0 * rng.normal(size=shape)
+        new, full = _both_peaks(image, moved, window)
+        assert new == full, drift
+    for _ in range(3):  # no common signal: the maximum of noise
+        new, full = _both_peaks(rng.normal(size=shape), rng.normal(size=shape), window)
+        assert new == full
+
+
+def test_correlate_spectra_searches_without_the_full_map(monkeypatch):
+    """Clear and weak peaks are found on the coarse grid, without the full-size map."""
+    rng = np.random.default_rng(4)
+    shape = (972, 972)
+    window = align.correlation_window(shape, SAMPLING, 0.186339)
+    assert window.coarse_shape is not None and 2 * window.coarse_shape[0] <= shape[0] // 2
+    field = _random_field((1072, 1072), rng)
+    pairs = []
+    for noise in (0.1, 5.0, 10.0):
+        first = field[50:1022, 50:1022] + noise * rng.normal(size=shape)
+        second = field[43:1015, 61:1033] + noise * rng.normal(size=shape)
+        pairs.append((align.window_spectrum(first, window), align.window_spectrum(second, window)))
+    expected = [align._correlate_full(*pair, window) for pair in pairs]
+
+    def no_full_map(*args):
+        raise AssertionError("the full-size map was computed")
+
+    monkeypatch.setattr(align, "_full_map_peak", no_full_map)
+    assert [align.correlate_spectra(*pair, window) for pair in pairs] == expected
+    assert expected[0] == (11, -7)  # features moved by +7 px in y, -11 px in x
+
+
+@pytest.mark.parametrize("shape, cut_off_per_nm", [((120, 128), 1.5), ((300, 301), 0.004), ((64, 64), 0.45)])
+def test_correlate_spectra_falls_back_on_the_full_map(shape, cut_off_per_nm):
+    """Bands not much smaller than the image, or one row or column wide, use the full-size map."""
+    rng = np.random.default_rng(5)
+    window = align.correlation_window(shape, SAMPLING, cut_off_per_nm)
+    assert window.coarse_shape is None
+    image = _random_field(shape, rng, band=0.2)
+    moved = np.roll(image, (3, -4), axis=(0, 1)) + 0.1 * rng.normal(size=shape)
+    new, full = _both_peaks(image, moved, window)
+    assert new == full
+
+
+def test_correlate_spectra_breaks_ties_like_argmax():
+    """Images without a peak (constant, all zero) give the first position, (0, 0)."""
+    shape = (300, 301)
+    window = align.correlation_window(shape, SAMPLING, 0.186)
+    for value in (5.0, 0.0):
+        image = np.full(shape, value)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            assert _both_peaks(image, image, window) == ((0, 0), (0, 0))
 
 
 def test_fit_recovers_shift_tilt_defocus_and_factor():

@@ -247,6 +247,7 @@ def test_fft_plans_list_the_transforms_the_kernels_run(monkeypatch):
     geometry = sideband_geometry((n, n), 0.5, carrier_per_nm((80, 70), (n, n), 0.5), (size, size), np.eye(2) * 0.1**2)
     factor = normalise.normalisation_factor(np.ones((n + 10, n + 10), np.complex64), (0, 0, n, n), (3, 2), (64, 64))
     window = align.correlation_window((n, n), 0.5, 0.2)
+    assert window.coarse_shape is not None  # the coarse search, and the full map it falls back on
     image = np.abs(smooth_wave(n)) ** 2
     planned = []
     original = fft._plan
@@ -258,7 +259,9 @@ def test_fft_plans_list_the_transforms_the_kernels_run(monkeypatch):
     monkeypatch.setattr(fft, "_plan", recording)
     wave = reconstruct_hologram(_hologram(smooth_wave(n), (20, 10)).astype(np.float32), geometry)
     normalise.normalise_with_factor(wave, factor, (size, size))
-    align.correlate_spectra(align.window_spectrum(image, window), align.window_spectrum(image, window), window)
+    spectrum = align.window_spectrum(image, window)
+    align.correlate_spectra(spectrum, spectrum, window)
+    align._correlate_full(spectrum, spectrum, window)
     listed = (reconstruct.fft_plans(geometry) + normalise.fft_plans(wave.shape, factor.shape, (size, size))
               + align.correlation_fft_plans(window))
     assert set(planned) == {(kind, tuple(shape), out_shape, axis) for kind, shape, out_shape, axis in listed}
