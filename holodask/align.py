@@ -234,7 +234,7 @@ def _searched_peak(cross: np.ndarray, window: CorrelationWindow) -> tuple[int, i
         first_x = -((_SEARCH_RADIUS - i) * width // coarse_x)
         along_y = window.search_rows * _phases(ky, first_y, height)
         along_x = window.search_columns * _phases(kx, first_x, width)
-        values = (along_y @ cross @ along_x).real
+        values = np.dot(np.dot(along_y, cross), along_x).real  # np.dot releases the GIL, matmul does not
         value = float(values.max())
         if not np.isfinite(value):
             return None
