@@ -14,7 +14,9 @@ sets the default; ``HOLODASK_FFT_BACKEND=scipy`` disables pyFFTW.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
+import platform
 import pickle
 import sys
 import tempfile
@@ -70,14 +72,15 @@ except ImportError:  # pragma: no cover
     import scipy.fft
 
 _fft_threads = max(1, int(os.environ.get("HOLODASK_FFT_THREADS", "1") or 1))
-#: where measured plans are kept between runs ("" or "none": nowhere)
-WISDOM_FILE = os.environ.get(
+#: folder where measured plans are kept between runs, one small file per transform, so
+#: that a run reads only the plans of its own transforms ("" or "none": nowhere)
+WISDOM_DIR = os.environ.get(
     "HOLODASK_FFTW_WISDOM",
-    os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "holodask", "fftw-wisdom.pickle"),
+    os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "holodask", "fftw-plans"),
 )
-_wisdom_loaded = False
-_wisdom_unsaved = False
 _wisdom_lock = threading.Lock()
+_wisdom: dict[str, tuple] = {}  # transform's file name -> its FFTW wisdom (read, measured or imported)
+_unsaved: dict[str, tuple] = {}  # measured in this process, written at exit
 _planner_effort = os.environ.get("HOLODASK_FFTW_EFFORT", "FFTW_MEASURE")
 _local = threading.local()
 
@@ -98,36 +101,61 @@ def get_fft_threads() -> int:
     return _fft_threads
 
 
-def _load_wisdom() -> None:
-    """Import the plans measured by earlier runs (once per process)."""
-    global _wisdom_loaded
-    with _wisdom_lock:
-        if _wisdom_loaded:
-            return
-        _wisdom_loaded = True
-        if WISDOM_FILE and WISDOM_FILE.lower() != "none" and os.path.isfile(WISDOM_FILE):
-            try:
-                with open(WISDOM_FILE, "rb") as file:
-                    pyfftw.import_wisdom(pickle.load(file))
-            except Exception:  # a damaged or foreign cache only costs planning time
-                pass
+def _wisdom_enabled() -> bool:
+    return bool(WISDOM_DIR) and WISDOM_DIR.lower() != "none"
+
+
+_machine_tag = None
+
+
+def _machine() -> str:
+    """CPU model and FFTW build: measured plans are kept apart per machine kind (a home
+    folder shared by the nodes of a cluster may see several)."""
+    global _machine_tag
+    if _machine_tag is None:
+        model = platform.processor() or ""
+        try:
+            with open("/proc/cpuinfo") as file:
+                model = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), model)
+        except OSError:
+            pass
+        _machine_tag = f"{platform.machine()} {model} pyfftw {getattr(pyfftw, '__version__', '')}"
+    return _machine_tag
+
+
+def _wisdom_name(key: tuple) -> str:
+    """File name of the plans of one transform (``key`` of :func:`_plan`)."""
+    return hashlib.sha1(repr((key, _machine())).encode()).hexdigest()[:24] + ".pickle"
+
+
+def _read_wisdom(name: str):
+    """The stored plans of one transform, or None (absent, damaged or foreign)."""
+    if not _wisdom_enabled():
+        return None
+    try:
+        with open(os.path.join(WISDOM_DIR, name), "rb") as file:
+            wisdom = pickle.load(file)
+        return wisdom if isinstance(wisdom, tuple) and len(wisdom) == 3 else None
+    except Exception:  # a damaged or foreign cache only costs planning time
+        return None
 
 
 def _save_wisdom() -> None:
-    """Keep the plans measured so far for later runs (atomic replace; errors ignored)."""
-    global _wisdom_unsaved
-    if not WISDOM_FILE or WISDOM_FILE.lower() == "none" or not _wisdom_unsaved:
+    """Keep the plans measured in this process for later runs (atomic replace; errors ignored)."""
+    if not _wisdom_enabled():
         return
-    _wisdom_unsaved = False
-    try:
-        folder = os.path.dirname(WISDOM_FILE)
-        os.makedirs(folder, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=folder, prefix=".fftw-wisdom-")
-        with os.fdopen(handle, "wb") as file:
-            pickle.dump(pyfftw.export_wisdom(), file)
-        os.replace(temp, WISDOM_FILE)
-    except Exception:
-        pass
+    with _wisdom_lock:
+        unsaved = dict(_unsaved)
+        _unsaved.clear()
+    for name, wisdom in unsaved.items():
+        try:
+            os.makedirs(WISDOM_DIR, exist_ok=True)
+            handle, temp = tempfile.mkstemp(dir=WISDOM_DIR, prefix=".plan-")
+            with os.fdopen(handle, "wb") as file:
+                pickle.dump(wisdom, file)
+            os.replace(temp, os.path.join(WISDOM_DIR, name))
+        except Exception:
+            pass
 
 
 def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, effort=None, axis=None):
@@ -138,7 +166,6 @@ def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, ef
     key = (kind, shape, dtype.str, out_shape, _fft_threads, effort, axis)
     plan = cache.get(key)
     if plan is None:
-        _load_wisdom()
         template = pyfftw.empty_aligned(shape, dtype=dtype)
         builder = getattr(pyfftw.builders, kind)
         kwargs = dict(threads=_fft_threads, planner_effort=effort)
@@ -146,17 +173,33 @@ def _plan(kind: str, shape: tuple[int, ...], dtype: np.dtype, out_shape=None, ef
             kwargs["n" if axis is not None else "s"] = out_shape
         if axis is not None:
             kwargs["axis"] = axis
-        plan = builder(template, **kwargs)
+        if effort == "FFTW_ESTIMATE":
+            with _wisdom_lock:  # FFTW's planner and its wisdom are shared by all threads
+                plan = builder(template, **kwargs)
+        else:
+            plan = _measured_plan(key, builder, template, kwargs)
         cache[key] = plan
-        if effort != "FFTW_ESTIMATE":
-            _note_new_wisdom()
     return plan
 
 
-def _note_new_wisdom() -> None:
-    """Remember that there are new plans; they are saved once, when the process ends."""
-    global _wisdom_unsaved
-    _wisdom_unsaved = True
+def _measured_plan(key: tuple, builder, template, kwargs):
+    """A measured plan made from this transform's own wisdom alone: the stored (or
+    shared) one where there is one, else measured now and kept for later runs. Every
+    thread and process then makes the same plan from the same wisdom."""
+    name = _wisdom_name(key)
+    with _wisdom_lock:
+        wisdom = _wisdom.get(name)
+        if wisdom is None:
+            wisdom = _read_wisdom(name)
+        pyfftw.forget_wisdom()
+        if wisdom is not None:
+            pyfftw.import_wisdom(wisdom)
+        plan = builder(template, **kwargs)
+        if wisdom is None:
+            wisdom = pyfftw.export_wisdom()
+            _unsaved[name] = wisdom
+        _wisdom[name] = wisdom
+    return plan
 
 
 if _HAVE_PYFFTW:
@@ -177,20 +220,25 @@ def prepare(kind: str, shape, out_shape=None, axis=None) -> None:
 
 
 def export_wisdom():
-    """FFTW's accumulated plans (None without pyFFTW), for :func:`import_wisdom` elsewhere.
+    """The plans of the transforms planned here (None without pyFFTW), for
+    :func:`import_wisdom` elsewhere.
 
     Plans measured by FFTW may differ between processes, and with them the
     last bits of the results; workers that import the client's wisdom use the
     same plans and give the same numbers as a local run.
     """
-    return pyfftw.export_wisdom() if _HAVE_PYFFTW else None
+    if not _HAVE_PYFFTW:
+        return None
+    with _wisdom_lock:
+        return dict(_wisdom)
 
 
 def import_wisdom(wisdom) -> None:
-    """Use plans exported by :func:`export_wisdom` (forgets the plans made so far here)."""
+    """Use plans exported by :func:`export_wisdom` (forgets the plans made so far in this thread)."""
     if not _HAVE_PYFFTW or wisdom is None:
         return
-    pyfftw.import_wisdom(wisdom)
+    with _wisdom_lock:
+        _wisdom.update(wisdom)
     plans = getattr(_local, "plans", None)
     if plans is not None:
         plans.clear()
