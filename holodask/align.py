@@ -100,19 +100,6 @@ class CorrelationWindow:
     search_columns: np.ndarray | None = None  # (rx + 1, block width) complex64
 
 
-def _fft_size(n: int) -> int:
-    """The smallest 2-3-5-smooth integer >= ``n``."""
-    size = max(int(n), 1)
-    while True:
-        rest = size
-        for factor in (2, 3, 5):
-            while rest % factor == 0:
-                rest //= factor
-        if rest == 1:
-            return size
-        size += 1
-
-
 def _block_size(n: int, coarse_n: int) -> int:
     """Integer positions that can lie within +-_SEARCH_RADIUS coarse pixels of a coarse point."""
     return 2 * _SEARCH_RADIUS * n // coarse_n + 1
@@ -138,7 +125,7 @@ def correlation_window(shape, sampling_nm: float, cut_off_per_nm: float) -> Corr
     mask = ((qx**2 + qy**2) < cut_off_per_nm**2).astype(np.float32)
     # frequencies -r..r in each direction: a grid of >= 2 r + 1 points samples the
     # correlation exactly
-    coarse_y, coarse_x = (max(_fft_size(int(np.ceil(_COARSE_OVERSAMPLING * (2 * reach + 1)))), 8)
+    coarse_y, coarse_x = (max(fft.next_fast_len(int(np.ceil(_COARSE_OVERSAMPLING * (2 * reach + 1)))), 8)
                           for reach in (reach_y, reach_x))
     # the full-size map where the coarse grid saves little, and where a reach of 0 makes
     # the map constant along one direction (a tie that rounding breaks there)

@@ -37,6 +37,7 @@ __all__ = [
     "rfft_axis",
     "irfft_axis",
     "prepare",
+    "next_fast_len",
     "export_wisdom",
     "import_wisdom",
 ]
@@ -204,6 +205,13 @@ def _measured_plan(key: tuple, builder, template, kwargs):
 
 if _HAVE_PYFFTW:
     atexit.register(_save_wisdom)
+
+
+def next_fast_len(n: int) -> int:
+    """The smallest length >= ``n`` that the FFT backend transforms fast."""
+    if _HAVE_PYFFTW:
+        return int(pyfftw.next_fast_len(int(n)))
+    return int(scipy.fft.next_fast_len(int(n)))
 
 
 def prepare(kind: str, shape, out_shape=None, axis=None) -> None:
