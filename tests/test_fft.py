@@ -77,12 +77,26 @@ def test_exported_plans_name_every_transform_planned_here():
     fft.prepare("fft2", shape)
     fft.prepare("ifft2", shape)
     wisdom = fft.export_wisdom()
-    names = {fft._wisdom_name(("fft2", shape, np.dtype(np.complex64).str, None, fft.get_fft_threads(),
-                                fft._planner_effort, None)),
-             fft._wisdom_name(("ifft2", shape, np.dtype(np.complex64).str, None, fft.get_fft_threads(),
-                                fft._planner_effort, None))}
+    names = {fft._wisdom_name((kind, shape, np.dtype(np.complex64).str, None, fft.get_fft_threads(),
+                                fft._planner_effort, None, "in place")) for kind in ("fft2", "ifft2")}
     assert names <= set(wisdom)
     assert all(isinstance(w, tuple) and len(w) == 3 for w in wisdom.values())
     fft.import_wisdom(wisdom)  # a worker's side: the same plans, then the same numbers
     a = np.random.default_rng(1).standard_normal(shape).astype(np.complex64)
     assert np.allclose(fft.fft2(a), np.fft.fft2(a), atol=1e-3)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_complex_transforms_run_in_place_and_match_numpy(axis):
+    from holodask.optics import _transform_buffers
+
+    rng = np.random.default_rng(2)
+    a = (rng.standard_normal((20, 18)) + 1j * rng.standard_normal((20, 18))).astype(np.complex64)
+    assert np.allclose(fft.fft_axis(a, axis), np.fft.fft(a, axis=axis), atol=1e-4)
+    assert np.allclose(fft.ifft_axis(a, axis), np.fft.ifft(a, axis=axis), atol=1e-5)
+    assert np.allclose(fft.fft2(a), np.fft.fft2(a), atol=1e-3)
+    buffer, run = _transform_buffers("ifft2", a.shape)
+    buffer[...] = a
+    out = run()
+    assert np.shares_memory(buffer, out)  # the output is the input buffer (half the memory)
+    assert np.allclose(out, np.fft.ifft2(a) * a.size, atol=1e-3)
