@@ -17,7 +17,10 @@ from holodask import fft
 from holodask.optics import _transform_buffers, _transpose_into, fourier_downsample, fourier_upsample
 from holodask.reconstruct import moved_roi
 
-__all__ = ["ConstantEmpty", "factor_grid", "fft_plans", "normalisation_factor", "normalise", "normalise_with_factor"]
+__all__ = [
+    "ConstantEmpty", "factor_grid", "factor_fft_plans", "fft_plans", "normalisation_factor", "normalise",
+    "normalise_with_factor",
+]
 
 
 def factor_grid(roi_shape, out_shape) -> tuple[int, int] | None:
@@ -41,17 +44,53 @@ def normalisation_factor(big_empty: np.ndarray, roi, shift_xy, grid) -> np.ndarr
     Divides where the ROI lies on the camera, 1 elsewhere (as the reference).
     Scaled so that it multiplies Fourier-interpolated values. Stored in Fortran
     order (its transpose is contiguous), as :func:`normalise_with_factor` uses it.
+    The transforms run in their own buffers, on contiguous rows, and along y only
+    over the columns that hold kept frequencies (one factor per distinct raw
+    shift: a drifting series needs many).
     """
     left, top, right, bottom = moved_roi(roi, shift_xy)
-    roi_shape = (bottom - top, right - left)
-    inverse = np.ones(roi_shape, dtype=np.complex64)
+    height, width = bottom - top, right - left
+    gy, gx = int(grid[0]), int(grid[1])
+    scale = gy * gx / (height * width)
+    if gy > height or gx > width:
+        inverse = np.ones((height, width), dtype=np.complex64)
+        _divide_into(inverse, big_empty, top, left)
+        return np.asfortranarray((fourier_downsample(inverse, grid) * np.float32(scale)).astype(np.complex64))
+    hy, hx = (gy - 1) // 2, (gx - 1) // 2  # frequencies -h..h kept
+    rows, run = _transform_buffers("fft", (height, width), axis=1)
+    rows[...] = 1
+    _divide_into(rows, big_empty, top, left)
+    along_x = run()
+    # the kept columns (kx = 0..hx, then -hx..-1) as contiguous rows, transformed along y
+    columns, run = _transform_buffers("fft", (2 * hx + 1, height), axis=1)
+    _transpose_into(columns[: hx + 1], along_x[:, : hx + 1])
+    _transpose_into(columns[hx + 1:], along_x[:, width - hx:])
+    along_y = run()
+    # the kept frequencies on the (transposed) grid, and back
+    small, run = _transform_buffers("ifft2", (gx, gy))
+    small[...] = 0
+    small[: hx + 1, : hy + 1] = along_y[: hx + 1, : hy + 1]
+    small[: hx + 1, gy - hy:] = along_y[: hx + 1, height - hy:]
+    small[gx - hx:, : hy + 1] = along_y[hx + 1:, : hy + 1]
+    small[gx - hx:, gy - hy:] = along_y[hx + 1:, height - hy:]
+    return np.multiply(run(), np.float32(scale / (gy * gx))).T
+
+
+def _divide_into(out: np.ndarray, big_empty: np.ndarray, top: int, left: int) -> None:
+    """``out = 1 / big_empty`` where ``out`` (placed at ``top, left`` on the camera) overlaps it."""
     height, width = big_empty.shape
     y0, x0 = max(0, top), max(0, left)
-    y1, x1 = min(height, bottom), min(width, right)
+    y1, x1 = min(height, top + out.shape[0]), min(width, left + out.shape[1])
     if y1 > y0 and x1 > x0:
-        inverse[y0 - top:y1 - top, x0 - left:x1 - left] = 1.0 / big_empty[y0:y1, x0:x1]
-    scale = np.float32(grid[0] * grid[1] / (roi_shape[0] * roi_shape[1]))
-    return np.asfortranarray((fourier_downsample(inverse, grid) * scale).astype(np.complex64))
+        np.divide(np.complex64(1.0), big_empty[y0:y1, x0:x1], out=out[y0 - top:y1 - top, x0 - left:x1 - left])
+
+
+def factor_fft_plans(roi_shape, grid) -> list[tuple]:
+    """The transforms :func:`normalisation_factor` runs for a ROI of ``roi_shape`` and a
+    factor on ``grid``, as ``(kind, shape, out_shape, axis)`` for :func:`holodask.fft.prepare`."""
+    (height, width), (gy, gx) = (tuple(int(v) for v in s) for s in (roi_shape, grid))
+    return [("fft", (height, width), None, 1), ("fft", (2 * ((gx - 1) // 2) + 1, height), None, 1),
+            ("ifft2", (gx, gy), None, None)]
 
 
 def normalise_with_factor(wave: np.ndarray, factor: np.ndarray, out_shape) -> np.ndarray:

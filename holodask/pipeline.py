@@ -635,6 +635,7 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
             grid = factor_grid(roi_shape, (size, size))
             if grid is not None:
                 plans += normalise_module.fft_plans((size, size), grid, (size, size))
+                plans += normalise_module.factor_fft_plans(roi_shape, grid)
         region = params.align_roi_or_roi or (0, 0, camera_shape[1], camera_shape[0])
         shape = (region[3] - region[1], region[2] - region[0])
         cut_off = params.align_cut_off_per_nm or params.cut_off_per_nm

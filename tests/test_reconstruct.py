@@ -259,9 +259,33 @@ def test_fft_plans_list_the_transforms_the_kernels_run(monkeypatch):
     monkeypatch.setattr(fft, "_plan", recording)
     wave = reconstruct_hologram(_hologram(smooth_wave(n), (20, 10)).astype(np.float32), geometry)
     normalise.normalise_with_factor(wave, factor, (size, size))
+    normalise.normalisation_factor(np.ones((n + 10, n + 10), np.complex64), (0, 0, n, n), (3, 2), (64, 64))
     spectrum = align.window_spectrum(image, window)
     align.correlate_spectra(spectrum, spectrum, window)
     align._correlate_full(spectrum, spectrum, window)
     listed = (reconstruct.fft_plans(geometry) + normalise.fft_plans(wave.shape, factor.shape, (size, size))
-              + align.correlation_fft_plans(window))
+              + normalise.factor_fft_plans((n, n), (64, 64)) + align.correlation_fft_plans(window))
     assert set(planned) == {(kind, tuple(shape), out_shape, axis) for kind, shape, out_shape, axis in listed}
+
+
+@pytest.mark.parametrize("camera, roi, shift, grid", [
+    ((300, 280), (10, 20, 290, 270), (-15, 12), (128, 100)),  # moved partly off the camera
+    ((257, 300), (0, 0, 257, 300), (3, -2), (127, 129)),  # odd sizes
+    ((160, 160), (8, 8, 152, 152), (0, 0), (96, 96)),
+])
+def test_normalisation_factor_equals_the_full_resampling(camera, roi, shift, grid):
+    """The factor (1/empty under the moved ROI, resampled to the grid) as the plain
+    Fourier resampling of the whole quotient computes it."""
+    from holodask.normalise import normalisation_factor
+    from holodask.optics import fourier_downsample
+
+    rng = np.random.default_rng(5)
+    empty = (1 + 0.3 * rng.standard_normal(camera) + 0.3j * rng.standard_normal(camera)).astype(np.complex64)
+    left, top, right, bottom = moved_roi(roi, shift)
+    inverse = np.ones((bottom - top, right - left), np.complex128)
+    y0, x0, y1, x1 = max(0, top), max(0, left), min(camera[0], bottom), min(camera[1], right)
+    inverse[y0 - top:y1 - top, x0 - left:x1 - left] = 1.0 / empty[y0:y1, x0:x1].astype(np.complex128)
+    expected = fourier_downsample(inverse.astype(np.complex64), grid) * (grid[0] * grid[1] / inverse.size)
+    got = normalisation_factor(empty, roi, shift, grid)
+    assert got.shape == grid and got.flags.f_contiguous
+    assert np.abs(got - expected).max() < 1e-5 * np.abs(expected).max()
