@@ -60,20 +60,33 @@ def normalisation_factor(big_empty: np.ndarray, roi, shift_xy, grid) -> np.ndarr
     rows, run = _transform_buffers("fft", (height, width), axis=1)
     rows[...] = 1
     _divide_into(rows, big_empty, top, left)
-    along_x = run()
-    # the kept columns (kx = 0..hx, then -hx..-1) as contiguous rows, transformed along y
-    columns, run = _transform_buffers("fft", (2 * hx + 1, height), axis=1)
-    _transpose_into(columns[: hx + 1], along_x[:, : hx + 1])
-    _transpose_into(columns[hx + 1:], along_x[:, width - hx:])
-    along_y = run()
-    # the kept frequencies on the (transposed) grid, and back
-    small, run = _transform_buffers("ifft2", (gx, gy))
+    # the kept frequencies on the transposed grid (x, y), and back
+    return _kept_block_inverse(run(), hx, hy, (gx, gy), scale / (gy * gx)).T
+
+
+def _kept_block_inverse(spectrum_rows: np.ndarray, half_columns: int, half_rows: int, out_shape, scale: float):
+    """The inverse transform on ``out_shape`` of the frequencies kept of an (n, m) array
+    transformed along its rows.
+
+    The kept columns (frequencies -half_columns..half_columns along axis 1) are
+    transformed along axis 0 as contiguous rows; of that, the frequencies
+    -half_rows..half_rows form the block placed on the output grid, whose rows
+    are the column frequencies. Returns the (unnormalised) inverse times ``scale``.
+    """
+    n, m = spectrum_rows.shape
+    c, r = half_columns, half_rows
+    kept, run = _transform_buffers("fft", (2 * c + 1, n), axis=1)
+    _transpose_into(kept[:c + 1], spectrum_rows[:, :c + 1])
+    _transpose_into(kept[c + 1:], spectrum_rows[:, m - c:])
+    kept = run()
+    rows, columns = int(out_shape[0]), int(out_shape[1])
+    small, run = _transform_buffers("ifft2", (rows, columns))
     small[...] = 0
-    small[: hx + 1, : hy + 1] = along_y[: hx + 1, : hy + 1]
-    small[: hx + 1, gy - hy:] = along_y[: hx + 1, height - hy:]
-    small[gx - hx:, : hy + 1] = along_y[hx + 1:, : hy + 1]
-    small[gx - hx:, gy - hy:] = along_y[hx + 1:, height - hy:]
-    return np.multiply(run(), np.float32(scale / (gy * gx))).T
+    small[:c + 1, :r + 1] = kept[:c + 1, :r + 1]
+    small[:c + 1, columns - r:] = kept[:c + 1, n - r:]
+    small[rows - c:, :r + 1] = kept[c + 1:, :r + 1]
+    small[rows - c:, columns - r:] = kept[c + 1:, n - r:]
+    return np.multiply(run(), np.float32(scale))
 
 
 def _divide_into(out: np.ndarray, big_empty: np.ndarray, top: int, left: int) -> None:
@@ -137,19 +150,8 @@ def normalise_with_factor(wave: np.ndarray, factor: np.ndarray, out_shape) -> np
     big_t = run()
     product, run = _transform_buffers("fft", (mx, my), axis=1)
     np.multiply(big_t, factor_t, out=product)
-    along_y = run()
     # the kept rows of the product's spectrum along x, then the output
-    kept, run = _transform_buffers("fft", (2 * gy + 1, mx), axis=1)
-    _transpose_into(kept[:gy + 1], along_y[:, :gy + 1])
-    _transpose_into(kept[gy + 1:], along_y[:, my - gy:])
-    kept = run()
-    small, run = _transform_buffers("ifft2", (oy, ox))
-    small[...] = 0
-    small[:gy + 1, :gx + 1] = kept[:gy + 1, :gx + 1]
-    small[:gy + 1, ox - gx:] = kept[:gy + 1, mx - gx:]
-    small[oy - gy:, :gx + 1] = kept[gy + 1:, :gx + 1]
-    small[oy - gy:, ox - gx:] = kept[gy + 1:, mx - gx:]
-    return np.multiply(run(), np.float32(1.0 / (oy * ox)))
+    return _kept_block_inverse(run(), gy, gx, (oy, ox), 1.0 / (oy * ox))
 
 
 @dataclass(frozen=True)
