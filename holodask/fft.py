@@ -114,12 +114,11 @@ def _machine() -> str:
     folder shared by the nodes of a cluster may see several)."""
     global _machine_tag
     if _machine_tag is None:
-        model = platform.processor() or ""
         try:
             with open("/proc/cpuinfo") as file:
-                model = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), model)
-        except OSError:
-            pass
+                model = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), "")
+        except OSError:  # not Linux (platform.processor() may start a subprocess: only here)
+            model = platform.processor() or ""
         _machine_tag = f"{platform.machine()} {model} pyfftw {getattr(pyfftw, '__version__', '')}"
     return _machine_tag
 
