@@ -16,8 +16,8 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
-import platform
 import pickle
+import platform
 import sys
 import tempfile
 import threading
