@@ -335,8 +335,7 @@ def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, al
         if paired:
             items, others = [item[0] for item in items], [[item[1] for item in items]] + others
         return HeldFrames(list(items), client), others
-    who_has = client.who_has(items)
-    holders = [sorted(who_has.get(future.key) or [None])[0] for future in items]
+    holders = _holding_workers(client, items)
     if paired:
         others = [_gather_seconds(items, client, holders)] + others
     return HeldFrames(list(items), client, holders), others
@@ -380,8 +379,13 @@ def _holders(held: HeldFrames) -> list | None:
         return None
     if held.holders is not None and None not in held.holders:
         return list(held.holders)
-    who_has = held.client.who_has(held.items)
-    return [sorted(who_has.get(item.key) or [None])[0] for item in held.items]
+    return _holding_workers(held.client, held.items)
+
+
+def _holding_workers(client, futures) -> list:
+    """The worker holding each future's value (None where the scheduler knows none)."""
+    who_has = client.who_has(futures)
+    return [sorted(who_has.get(future.key) or [None])[0] for future in futures]
 
 
 def _copy_frame(frame):
