@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     empty_wave = reconstruct_hologram(empty_raw, camera_geometry)
     from holodask.optics import fourier_rescale
 
-    big_empty = fourier_rescale(empty_wave, camera_shape, once=True)
+    big_empty = fourier_rescale(empty_wave, camera_shape)
     grid2 = factor_grid(roi_shape, (size, size))
     factor = normalisation_factor(big_empty, roi, (0, 0), grid2)
     frames = [extract_roi(f, roi) for f in raw]
