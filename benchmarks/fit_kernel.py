@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="averaging runs per configuration (best kept)")
     args = parser.parse_args(argv)
 
-    from holodask import align, average, fft
+    from holodask import align, fft
+    from holodask.stages import rounds as average
     from holodask.align import alignment_grid
 
     os.environ["HOLODASK_SCHEDULER"] = "synchronous"  # one call at a time: clean per-call times

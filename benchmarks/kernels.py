@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from holodask import align, fft
     from holodask.normalise import factor_grid, normalisation_factor, normalise_with_factor
     from holodask.optics import carrier_per_nm
-    from holodask.reconstruct import extract_roi, reconstruct_hologram, sideband_geometry
+    from holodask.hologram import extract_roi, reconstruct_hologram, sideband_geometry
 
     fft.set_fft_threads(1)
     params_file = Path(args.params)

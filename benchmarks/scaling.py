@@ -124,7 +124,7 @@ import numpy as np
 from holodask import fft
 from holodask.align import alignment_grid, aligned_spectrum, fit_to_average, initial_state
 from holodask.normalise import factor_grid, normalisation_factor, normalise_with_factor
-from holodask.reconstruct import extract_roi, reconstruct_hologram, sideband_geometry
+from holodask.hologram import extract_roi, reconstruct_hologram, sideband_geometry
 from holodask.params import FilterSpec
 
 size, object_size, frames = (int(v) for v in sys.argv[1:4])

@@ -15,7 +15,7 @@ import numpy as np
 
 from holodask import fft
 from holodask.optics import _transform_buffers, _transpose_into, fourier_downsample, fourier_upsample
-from holodask.reconstruct import moved_roi
+from holodask.hologram import moved_roi
 
 __all__ = [
     "ConstantEmpty", "factor_grid", "factor_fft_plans", "fft_plans", "normalisation_factor", "normalise",

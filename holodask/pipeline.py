@@ -1,7 +1,7 @@
 """The whole reconstruction as Dask graphs: ``holodask run``.
 
 Each stage is a plain Dask task graph run by the scheduler of the current
-context (:func:`holodask.average.compute_graph`: Dask's threaded scheduler, or
+context (:func:`holodask.stages.rounds.compute_graph`: Dask's threaded scheduler, or
 a distributed client); frames are read inside the tasks that use them, and no
 stage gathers the frames on the client. Stages:
 
@@ -11,7 +11,7 @@ stage gathers the frames on the client. Stages:
    in parallel inside ``align_roi``, shifts summed along the series;
 3. the ROI cut out of each hologram following its drift (``aligned_rois``);
 4. reconstruction of each ROI and normalisation by the empty wave;
-5. iterative averaging (:func:`holodask.average.average_series`) or, for one
+5. iterative averaging (:func:`holodask.stages.rounds.average_series`) or, for one
    hologram, propagation to Gaussian focus;
 6. the output file in the reference layout (``data``, ``variance``, ``empty``,
    ``series``, ``aligned_rois``), written atomically.
@@ -31,13 +31,13 @@ import numpy as np
 from dask.base import tokenize
 
 from holodask.align import alignment_grid, correlate_spectra, correlation_window, window_spectrum
-from holodask.average import average_series, compute_graph, current_store_dir, hold_frames
+from holodask.stages.rounds import average_series, compute_graph, current_store_dir, hold_frames
 from holodask.errors import DataError, HolodaskError, InputFileError, ParameterError
 from holodask import fft
 from holodask.optics import carrier_per_nm, fourier_rescale, propagate
 from holodask.params import HoloParams, load_parameters
 from holodask.normalise import ConstantEmpty, factor_grid, normalisation_factor, normalise, normalise_with_factor
-from holodask.reconstruct import (
+from holodask.hologram import (
     SidebandGeometry,
     extract_roi,
     reconstruct_hologram,
@@ -72,7 +72,7 @@ def _open(series_spec, params: HoloParams) -> FrameSeries:
 
 def _repair(series: FrameSeries, params: HoloParams, client):
     """The series with its outliers repaired (``outlier_cutoff``) and the counts per frame."""
-    from holodask.average import scheduler_of
+    from holodask.stages.rounds import scheduler_of
     from holodask.outliers import repair_series
 
     repaired, counts = repair_series(series.to_dataarray(), params.outlier_cutoff, scheduler_of(client))
@@ -466,7 +466,7 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
     if objects is not None and params.outlier_cutoff is not None:
         objects, outliers = _repair(objects, params, client)
     shifts = None
-    from holodask.average import stack_store
+    from holodask.stages.rounds import stack_store
     from holodask.cluster import current_scratch
 
     with stack_store(current_scratch()), HoloOutputFile(output, prefix=params.output_prefix) as out:
@@ -604,7 +604,7 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
     plans otherwise differ between processes in the last bits).
     """
     from holodask import normalise as normalise_module
-    from holodask import reconstruct as reconstruct_module
+    from holodask import hologram as reconstruct_module
     from holodask.align import correlation_fft_plans
     from holodask.cluster import register_worker_setup
 

@@ -21,7 +21,7 @@ from holodask.align import (
     phase_correlate,
     wave_spectrum,
 )
-from holodask.average import average_series
+from holodask.stages.rounds import average_series
 
 SAMPLING = 0.5
 
@@ -362,7 +362,7 @@ def test_fit_matches_a_direct_least_squares_fit(case):
 def test_threaded_tasks_run_with_single_threaded_blas():
     """Dask's threads use the cores; BLAS must not start a pool of its own in each."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from holodask.average import compute_graph
+    from holodask.stages.rounds import compute_graph
 
     def blas_threads():
         return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]

@@ -105,7 +105,7 @@ def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
     scratch = tmp_path / "scratch"
     seen = []
 
-    import holodask.average as average
+    import holodask.stages.rounds as average
 
     import holodask.pipeline as pipeline
 
@@ -131,14 +131,14 @@ def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
 def test_held_frames_are_spread_evenly_and_batches_stay_on_their_worker(client):
     """The rounds run each batch where its frames are held; frames are first spread
     so that no worker holds more than its share (a round waits for the slowest)."""
-    from holodask.average import _balance, _frame_groups, _holders, hold_frames
+    from holodask.stages.rounds import _balance, _frame_groups, _holders, hold_frames
 
     frames = np.arange(10 * 4, dtype=np.complex64).reshape(10, 2, 2)
     only = sorted(client.scheduler_info()["workers"])[0]
     dsk = {("f", k): frames[k] for k in range(10)}
     futures = client.get(dsk, list(dsk), sync=False, workers=[only])  # all on one worker
     distributed.wait(futures)
-    from holodask.average import HeldFrames
+    from holodask.stages.rounds import HeldFrames
 
     held = HeldFrames(list(futures), client)
     holders = _holders(held)

@@ -19,7 +19,7 @@ from holodask.optics import (
     wavelength_nm,
 )
 from holodask.params import FilterSpec, MtfTerm
-from holodask.reconstruct import extract_roi, moved_roi, reconstruct_hologram, sideband_geometry
+from holodask.hologram import extract_roi, moved_roi, reconstruct_hologram, sideband_geometry
 
 
 def _hologram(wave: np.ndarray, carrier_px, contrast: float = 0.5) -> np.ndarray:
@@ -239,7 +239,7 @@ def test_reconstruction_equals_reference_on_real_hologram(fe_needle, roi_shape, 
 
 def test_fft_plans_list_the_transforms_the_kernels_run(monkeypatch):
     """The plan lists (for the pipeline's shared wisdom) cover every transform the per-frame kernels plan."""
-    from holodask import align, normalise, reconstruct
+    from holodask import align, hologram as reconstruct, normalise
 
     if fft.backend() != "pyfftw":
         pytest.skip("plans only with pyFFTW")
