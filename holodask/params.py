@@ -42,6 +42,7 @@ __all__ = [
     "parse_parameters",
     "parameters_json",
     "expand_names",
+    "stage_parameters",
 ]
 
 
@@ -101,10 +102,10 @@ class HoloParams:
     sampling_nm: float | None = None
     voltage_kV: float | None = None
     binning: int | None = None
-    sideband_pos_px: tuple[float, float] = (0.0, 0.0)  # x, y in the centred FFT
-    cut_off2_per_nm2: np.ndarray = field(default_factory=lambda: np.zeros((2, 2)))  # 2x2
+    sideband_pos_px: tuple[float, float] | None = (0.0, 0.0)  # x, y in the centred FFT; None: not given
+    cut_off2_per_nm2: np.ndarray | None = field(default_factory=lambda: np.zeros((2, 2)))  # 2x2; None: not given
     cut_off_given: bool = True  # True when given as scalar cut_off
-    align_cut_off_per_nm: float = 0.0
+    align_cut_off_per_nm: float | None = 0.0  # None: not given (the cut-off)
     filter_func: FilterSpec = field(default_factory=FilterSpec)
     mtf: tuple[MtfTerm, ...] | None = None
     # switches
@@ -128,12 +129,15 @@ class HoloParams:
     outlier_cutoff: float | None = None
     # provenance
     basepath: Path = Path(".")  # folder relative paths were taken from
+    folder: Path = Path(".")  # the folder given to the parser (``path`` is relative to it)
     parameter_file: str | None = None  # absolute path; None for stdin or a dict
     raw: dict[str, Any] = field(default_factory=dict)  # the parsed JSON as given
 
     @property
-    def cut_off_per_nm(self) -> float:
-        """Isotropic cut-off (geometric mean radius of ``cut_off2``)."""
+    def cut_off_per_nm(self) -> float | None:
+        """Isotropic cut-off (geometric mean radius of ``cut_off2``); None where not given."""
+        if self.cut_off2_per_nm2 is None:
+            return None
         return float(np.sqrt(np.sqrt(abs(np.linalg.det(self.cut_off2_per_nm2)))))
 
     @property
@@ -355,6 +359,61 @@ def load_parameters(
     mapping = parse_parameter_text(text, f"parameter file {str(param_file)!r}")
     base = Path(basepath) if basepath is not None else param_file.parent
     return parse_parameters(mapping, base, parameter_file=param_file)
+
+
+def _plain(value: Any) -> Any:
+    """A keyword's value as the JSON parser would give it (tuples and arrays as lists)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def stage_parameters(params=None, options: Mapping[str, Any] | None = None) -> HoloParams:
+    """The parameters of one stage of the Python API: ``params`` with keyword overrides.
+
+    Parameters
+    ----------
+    params : HoloParams, parameter file, dict or None
+        The loaded parameters (or what :func:`load_parameters` takes).
+    options : mapping
+        Parameters by their parameter-file names and units (``sideband_pos``,
+        ``cut_off``, ``object_size``, ``roi``, ``adjust_tilt``, ...), replacing those
+        of ``params``. ``None`` removes a parameter.
+
+    Returns
+    -------
+    HoloParams
+        Parsed with ``partial=True``: what is absent is None, nothing is required.
+    """
+    options = dict(options or {})
+    unknown = [key for key in options if key not in KNOWN_PARAMETERS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, KNOWN_PARAMETERS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ParameterError(f"unknown parameter '{key}'{hint}; expected a parameter-file name")
+    if params is None:
+        mapping, folder, parameter_file = {}, None, None
+    else:
+        if not isinstance(params, HoloParams):
+            params = load_parameters(params)
+        if not options:
+            return params
+        mapping, folder, parameter_file = dict(params.raw), params.folder, params.parameter_file
+    for key, value in options.items():
+        if value is None:
+            mapping.pop(key, None)
+        else:
+            mapping[key] = _plain(value)
+    return parse_parameters(mapping, folder, parameter_file=parameter_file, partial=True)
 
 
 # ---------------------------------------------------------------------------
@@ -687,6 +746,7 @@ def parse_parameters(
     basepath: str | os.PathLike | None = None,
     *,
     parameter_file: str | os.PathLike | None = None,
+    partial: bool = False,
 ) -> HoloParams:
     """Validate a parsed parameter mapping and apply the defaults.
 
@@ -702,6 +762,10 @@ def parse_parameters(
     parameter_file : path-like, optional
         The file the parameters came from: gives the default ``output_name``
         (its name with the extension ``.hdf5``) and may not be overwritten.
+    partial : bool
+        The parameters of one stage (:func:`holodask.reconstruct`,
+        :func:`holodask.average`): nothing is required (no series, no
+        ``sideband_pos``, ``cut_off`` or ``object_size``); what is absent is None.
 
     Returns
     -------
@@ -721,7 +785,7 @@ def parse_parameters(
     _warn_unknown(raw)
     given = {k: v for k, v in raw.items() if v is not None or k == "align_roi"}
 
-    base = Path(os.path.abspath(basepath if basepath is not None else os.getcwd()))
+    base = folder = Path(os.path.abspath(basepath if basepath is not None else os.getcwd()))
     if parameter_file is not None:
         parameter_file = Path(os.path.abspath(parameter_file))
     if "path" in given:
@@ -732,7 +796,7 @@ def parse_parameters(
         """``check(key, value, **options)`` of a given parameter, else ``default``."""
         return check(key, given[key], **options) if key in given else default
 
-    values: dict[str, Any] = {"basepath": base, "raw": raw}
+    values: dict[str, Any] = {"basepath": base, "raw": raw, "folder": folder}
     values["parameter_file"] = str(parameter_file) if parameter_file is not None else None
 
     # --- switches ---------------------------------------------------------
@@ -770,16 +834,19 @@ def parse_parameters(
         else:
             values["align_roi"] = _check_roi("align_roi", given["align_roi"])
 
-    if "sideband_pos" not in given:
+    if "sideband_pos" not in given and partial:
+        values["sideband_pos_px"] = None
+    elif "sideband_pos" not in given:
         raise ParameterError(
             "parameter 'sideband_pos' is required: [x, y] pixel position of the sideband in the "
             "centred FFT of the holograms"
         )
-    sideband_what = "[x, y]: two numbers (pixel position in the centred FFT)"
-    sideband = _check_pair("sideband_pos", given["sideband_pos"], sideband_what)
-    values["sideband_pos_px"] = tuple(
-        _check_number("sideband_pos", v, sideband_what) for v in sideband
-    )
+    else:
+        sideband_what = "[x, y]: two numbers (pixel position in the centred FFT)"
+        sideband = _check_pair("sideband_pos", given["sideband_pos"], sideband_what)
+        values["sideband_pos_px"] = tuple(
+            _check_number("sideband_pos", v, sideband_what) for v in sideband
+        )
 
     # --- cut-off and filters ------------------------------------------------
     if "cut_off" in given and "cut_off2" in given:
@@ -798,6 +865,9 @@ def parse_parameters(
         # radii (sqrt(a*b)), but its code takes sqrt(det(cut_off2)), which for
         # radii a and b is a*b. We follow what it computes.
         default_align_cut_off = float(np.sqrt(np.linalg.det(values["cut_off2_per_nm2"])))
+    elif partial:
+        values["cut_off2_per_nm2"] = None
+        default_align_cut_off = None
     else:
         raise ParameterError(
             "parameter 'cut_off' (sideband radius in 1/nm) or 'cut_off2' "
@@ -823,7 +893,7 @@ def parse_parameters(
         return expand_names(f"{prefix}_names", names, first, last, exclude, base)
 
     values["object_series"] = series("object") if "object_names" in given else None
-    if values["object_series"] is not None and values["object_size"] is None:
+    if values["object_series"] is not None and values["object_size"] is None and not partial:
         raise ParameterError(
             "parameter 'object_size' (positive integer, px) is required with 'object_names'"
         )
@@ -868,7 +938,8 @@ def parse_parameters(
             "the empty holograms"
         )
     if (
-        values["object_series"] is None
+        not partial
+        and values["object_series"] is None
         and values["empty_series"] is None
         and values["empty_override"] is None
         and not values["synthesize_empty"]

@@ -155,17 +155,53 @@ class FrameSeries:
         return xr.DataArray(data, dims=("frame", "y", "x"), coords=coords, attrs=dict(self.attrs), name="hologram")
 
     @classmethod
-    def from_dataarray(cls, array: "xr.DataArray") -> "FrameSeries":
-        """The frames of a Dask-backed ``(frame, y, x)`` DataArray (one frame per chunk)."""
-        from dask.core import flatten
+    def from_dataarray(cls, array: "xr.DataArray", *, coords: bool = True) -> "FrameSeries":
+        """The frames of a ``(frame, y, x)`` DataArray (one frame per chunk; numpy-backed
+        arrays become one chunk per frame).
 
-        data = array.data.rechunk({0: 1, 1: -1, 2: -1})
+        Keys that only rename another key (xarray's and Dask's selections of whole
+        frames) are followed to the task they name, and the graph holds only what
+        the frames need, so that a frame's reading task can be inlined into the
+        tasks that use it. ``coords``: also the per-frame coordinates (computed
+        here where they are lazy; False leaves them out).
+        """
+        import dask.array as da
+        from dask.core import flatten
+        from dask.optimization import cull
+
+        data = array.data
+        if not isinstance(data, da.Array):
+            data = da.from_array(np.asarray(data), chunks=(1, -1, -1), name="frames-" + tokenize(np.asarray(data)))
+        data = data.rechunk({0: 1, 1: -1, 2: -1})
         graph = dict(data.__dask_graph__())
-        keys = list(flatten(data.__dask_keys__()))
-        coords = {name: np.asarray(coord.values) for name, coord in array.coords.items()
-                  if coord.dims == ("frame",) and name != "frame"}
+        keys = [_alias_target(graph, key) for key in flatten(data.__dask_keys__())]
+        graph, _ = cull(graph, keys)
+        frame_coords = {}
+        if coords:
+            frame_coords = {name: np.asarray(coord.values) for name, coord in array.coords.items()
+                            if coord.dims == ("frame",) and name != "frame"}
         return cls(data.name, graph, keys, tuple(int(n) for n in array.shape), np.dtype(array.dtype),
-                   np.asarray(array["frame"].values), coords, dict(array.attrs))
+                   np.asarray(array["frame"].values), frame_coords, dict(array.attrs))
+
+
+def _alias_target(graph: dict, key):
+    """The key a chain of aliases (a task that is only another key) ends at."""
+    try:
+        from dask._task_spec import Alias
+    except ImportError:  # pragma: no cover - older Dask
+        Alias = ()
+    seen = set()
+    while key not in seen:
+        seen.add(key)
+        task = graph.get(key)
+        if Alias and isinstance(task, Alias):
+            target = task.target
+            key = getattr(target, "key", target)
+        elif isinstance(task, tuple) and task in graph and not callable(task[0]):
+            key = task
+        else:
+            break
+    return key
 
 
 def frame_series_from_sources(sources: Sequence[FrameSource], params=None, *, indices=None) -> FrameSeries:

@@ -107,7 +107,7 @@ def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
 
     import holodask.stages.rounds as average
 
-    import holodask.pipeline as pipeline
+    import holodask.stages.averaging as pipeline
 
     original = average.hold_frames
 

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fft",
         action="store_true",
-        help="also locate the upper sideband [x, y] in the centred FFT (sideband_pos convention)",
+        help="also locate the upper sideband [x, y] in the centred FFT (sideband_pos convention), "
+             "with its confidence and a suggested cut_off and object_size",
     )
     parser.add_argument(
         "--frame", type=int, default=0, help="frame analysed by --fft (0-based, default 0)"
@@ -100,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ParameterError(
                     f"--frame: expected 0 to {source.n_frames - 1}, got {args.frame}"
                 )
-            x, y = find_sideband(source.read_frame(args.frame))
-            lines.append(("sideband", f"[{x:.1f}, {y:.1f}]  (x, y in the centred FFT, upper)"))
+            found = find_sideband(source.read_frame(args.frame), sampling=source.metadata.sampling_nm)
+            lines.append(("sideband", found.describe()))
         if number:
             print()
         width = max(len(label) for label, _ in lines) + 1

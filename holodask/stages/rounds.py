@@ -37,7 +37,8 @@ from holodask.align import (
     model_error,
 )
 
-__all__ = ["AverageResult", "HeldFrames", "StoredFrame", "average_series", "compute_graph", "hold_frames",
+__all__ = ["AverageResult", "HeldFrames", "StoredFrame", "average_series", "average_tasks", "compute_graph",
+           "hold_frames",
            "scheduler_of", "stack_store"]
 
 
@@ -671,6 +672,27 @@ def average_series(
     if store_dir is None:
         store_dir = _STORE_DIR.get()
     held = _hold_array(stack, client, store_dir)
+    graph, ref = _rounds_graph(held, grid, defocus_nm, iterations=iterations, fit_shift=fit_shift,
+                               fit_tilt=fit_tilt, fit_defocus=fit_defocus, defocus_start=defocus_start,
+                               variance=variance)
+    return graph.compute(ref)
+
+
+def average_tasks(dsk: dict, keys: list, grid: AlignmentGrid, defocus_nm=None, **options) -> tuple[dict, tuple]:
+    """The averaging of :func:`average_series` as tasks of a raw Dask graph, computed later.
+
+    ``keys`` are the keys of the frames in ``dsk``. Returns the graph (``dsk``
+    with the rounds) and the key of the :class:`AverageResult`; the frames are
+    held by the scheduler while the rounds need them (for short series such as
+    the empty holograms, whose average other tasks depend on).
+    """
+    graph, ref = _rounds_graph(HeldFrames(list(keys)), grid, defocus_nm, **options)
+    return {**dsk, **graph.dsk}, ref
+
+
+def _rounds_graph(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, fit_tilt, fit_defocus,
+                  defocus_start, variance):
+    """The :class:`_Graph` of every round over the held frames, and its final task."""
     client = held.client
     n_frames = len(held)
     if n_frames == 1:
@@ -729,5 +751,5 @@ def average_series(
     parts = [graph.add("final", _final_batch, [items[i] for i in group], group, state_for(finals, group), grid_ref,
                        worker=where(group))
              for group in groups]
-    return graph.compute(graph.reduce_into("finish", _finish, parts, order, finals[replicas[0]], n_frames, variance,
-                                           worker=replicas[0]))
+    return graph, graph.reduce_into("finish", _finish, parts, order, finals[replicas[0]], n_frames, variance,
+                                    worker=replicas[0])
