@@ -2,18 +2,24 @@
 
 The same public stages a notebook user calls, composed:
 
-1. the object and empty series opened lazily (:func:`holodask.series.open_frames`);
+1. the object and empty series opened lazily (:func:`holodask.series.open_frame_series`),
+   outliers repaired with ``outlier_cutoff``;
 2. :func:`holodask.reconstruct`: raw alignment, the empty wave (averaged from
    an empty series, read from ``empty_override``, synthesised, or none) and
    every hologram reconstructed and normalised, as one lazy graph;
-3. :func:`holodask.stages.averaging.hold`: the stack computed once and kept
-   (memory, the workers, or a Zarr store) while the optional ``series`` and
+3. :func:`holodask.hold`: the stack computed once and kept (memory, the
+   workers, or a Zarr store) while the optional ``series`` and
    ``aligned_rois`` are written;
-4. :func:`holodask.average`: iterative averaging into a Dataset (one
-   hologram: propagated to Gaussian focus);
+4. :func:`holodask.average`: iterative averaging (one hologram: propagated to
+   Gaussian focus);
 5. the output file in the reference layout (``data``, ``variance``,
    ``empty``, ``series``, ``aligned_rois``), written atomically, or, without
    ``output_name``, the Dataset returned and nothing written.
+
+The stages run on :class:`holodask.series.FrameSeries` (the frames as tasks of a
+graph: ``reconstruct_stack``, ``hold_stack``, ``average_stack``), which the
+public functions wrap into xarray objects; a run that writes its file builds
+none, so that it does not pay for importing xarray and ``dask.array``.
 """
 
 from __future__ import annotations
@@ -33,14 +39,22 @@ from holodask.hologram import extract_roi
 from holodask.normalise import factor_grid
 from holodask.params import HoloParams, load_parameters
 from holodask.series import FrameSeries
-from holodask.stages.averaging import DEFOCUS_START, OBJECT_ITERATIONS, average, empty_dataset, hold, held_frames
+from holodask.stages.averaging import (
+    DEFOCUS_START,
+    OBJECT_ITERATIONS,
+    Averaged,
+    average_stack,
+    empty_dataset,
+    held_frames,
+    hold_stack,
+)
 from holodask.stages.reconstruction import (
     EMPTY_ITERATIONS,
     check_roi,
     empty_for,
-    raw_alignment,
-    reconstruct,
-    repair_outliers,
+    raw_shifts,
+    reconstruct_stack,
+    repair_stack,
     sideband_geometry_of,
 )
 from holodask.stages.rounds import compute_graph
@@ -82,7 +96,7 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
     """
     from holodask.cluster import current_client, current_scratch
     from holodask.io.qpimage_export import check_run_export, export_run
-    from holodask.series import open_frames
+    from holodask.series import open_frame_series
     from holodask.stages.rounds import stack_store
 
     if not isinstance(params, HoloParams):
@@ -95,10 +109,9 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
         raise ParameterError("output_qpimage: needs 'output_name' (a run without it writes nothing)")
     objects = None
     if params.object_series is not None:
-        objects = open_frames(params.object_series, params, basepath=params.basepath)
-    voltage = objects.attrs.get("voltage_kV") if objects is not None else None
+        objects = open_frame_series(params.object_series, params, basepath=params.basepath)
     if params.output_qpimage:
-        check_run_export(params, Path(params.output_name), voltage)
+        check_run_export(params, Path(params.output_name), objects.attrs.get("voltage_kV") if objects else None)
     if client is not None:
         _share_fft_plans(params, objects, client)
     with stack_store(current_scratch()), _output_file(params) as out:
@@ -108,85 +121,88 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
             result = _align_only(objects, params, out, client)
         else:
             result = _reconstruct_and_average(objects, params, out, client)
-    if params.output_name:
-        output = Path(params.output_name)
-        export_run(params, output)
-        if not load:
-            return output
-        if params.only_align:
-            return result
-        from holodask.results import open_result
+    if not params.output_name:
+        return result.to_dataset() if isinstance(result, Averaged) else result
+    output = Path(params.output_name)
+    export_run(params, output)
+    if not load:
+        return output
+    if params.only_align:
+        return result
+    from holodask.results import open_result
 
-        return open_result(output, params.output_prefix).load()
-    return result
+    return open_result(output, params.output_prefix).load()
 
 
-def _empty_only(params: HoloParams, out) -> "xr.Dataset":
-    """A run with empty holograms only: their averaged wave."""
+def _empty_only(params: HoloParams, out):
+    """A run with empty holograms only: their averaged wave (a Dataset in memory)."""
     empty = empty_for(None, params)
     if empty is None:
         raise ParameterError("object_names: nothing to do (neither object_names nor empty_names given)")
-    result = empty_dataset(empty, params)
-    if out is not None and empty.write:
-        out.write_dataset("empty", result["empty"].values, result["empty"].attrs["hdf5_attrs"])
-    return result
+    empty = empty.compute()
+    if out is None:
+        return empty_dataset(empty, params)
+    if empty.write:
+        out.write_dataset("empty", empty.wave, empty.attrs)
+    return None
 
 
-def _align_only(objects: "xr.DataArray", params: HoloParams, out, client) -> "xr.Dataset":
+def _align_only(objects: FrameSeries, params: HoloParams, out, client) -> "xr.Dataset":
     """``only_align``: the raw drift, and the drift-moved ROIs written as ``aligned_rois``."""
     import xarray as xr
 
-    from holodask.outliers import write_outlier_counts
-
-    objects = repair_outliers(objects, params)
-    shifts = raw_alignment(objects, params).values
+    objects = repair_stack(objects, params)
+    shifts = raw_shifts(objects, params)
     if out is not None:
         _write_aligned_rois(out, objects, params, shifts, client)
         if "outliers" in objects.coords:
-            write_outlier_counts(out, objects.coords["outliers"].values, params)
+            from holodask.outliers import write_outlier_counts  # (imports dask.array)
+
+            write_outlier_counts(out, objects.coords["outliers"], params)
     return xr.Dataset({"raw_shift_px": (("frame", "xy"), shifts)},
-                      coords={"frame": objects.coords["frame"].values, "xy": ["x", "y"]},
+                      coords={"frame": objects.frame_index, "xy": ["x", "y"]},
                       attrs={"source": str(params.output_name), "prefix": params.output_prefix})
 
 
-def _reconstruct_and_average(objects: "xr.DataArray", params: HoloParams, out, client) -> "xr.Dataset":
-    from holodask.outliers import write_outlier_counts
-
-    objects = repair_outliers(objects, params)
+def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, client) -> Averaged:
+    objects = repair_stack(objects, params)
     shifts = None
     if params.output_aligned and out is not None:  # the ROIs need the drift first: aligned once, here
-        shifts = raw_alignment(objects, params).values
-    waves = hold(reconstruct(objects, params, raw_shifts=shifts), client=client)
+        shifts = raw_shifts(objects, params)
+    waves = hold_stack(reconstruct_stack(objects, params, raw_shifts=shifts), client=client)
+    params = waves.attrs["params"]  # with what was found (sideband_pos, ...)
     if out is not None:
         empty = waves.attrs["empty"]
         if empty is not None and empty.write:
             out.write_dataset("empty", empty.wave, empty.attrs)
         if shifts is not None:
-            _write_aligned_rois(out, objects, waves.attrs["params"], shifts, client)
+            _write_aligned_rois(out, objects, params, shifts, client)
         if params.output_series:
             _write_series(out, waves, params)
-    result = average(waves, waves.attrs["params"])
+    result = average_stack(waves, params, client=client)
     if out is not None:
-        out.write_dataset("data", result["data"].values, result.attrs["hdf5_attrs"])
-        if "variance" in result:
-            out.write_dataset("variance", result["variance"].values, result.attrs["hdf5_attrs"])
-        if "outliers" in result:
-            write_outlier_counts(out, result["outliers"].values, params)
+        out.write_dataset("data", result.data, result.hdf5_attrs)
+        if result.variance is not None:
+            out.write_dataset("variance", result.variance, result.hdf5_attrs)
+        if "outliers" in result.frame_values:
+            from holodask.outliers import write_outlier_counts  # (imports dask.array)
+
+            write_outlier_counts(out, result.frame_values["outliers"], params)
     return result
 
 
-def _frame_attrs(waves: "xr.DataArray", params: HoloParams) -> dict:
-    """The per-frame attributes of ``series``/``aligned_rois``: raw drift and series indices."""
+def _frame_attrs(waves: FrameSeries, params: HoloParams) -> dict:
+    """The per-frame attributes of ``series``: raw drift and series indices."""
     from holodask.io.holo_hdf5 import hologram_attrs
 
-    aligned = params.enable_raw_alignment and waves.sizes["frame"] > 1
+    aligned = params.enable_raw_alignment and waves.n_frames > 1
     shifts = None
     if aligned and "raw_shift_x_px" in waves.coords:
-        shifts = np.stack([waves.coords["raw_shift_x_px"].values, waves.coords["raw_shift_y_px"].values], axis=1)
-    return hologram_attrs(raw_shift_px=shifts, frame_index=waves.coords["frame"].values)
+        shifts = np.stack([waves.coords["raw_shift_x_px"], waves.coords["raw_shift_y_px"]], axis=1)
+    return hologram_attrs(raw_shift_px=shifts, frame_index=waves.frame_index)
 
 
-def _write_series(out, waves: "xr.DataArray", params: HoloParams) -> None:
+def _write_series(out, waves: FrameSeries, params: HoloParams) -> None:
     """The held reconstructions as ``series`` (one frame at a time)."""
     held = held_frames(waves)
     attrs = dict(waves.attrs["hdf5_attrs"])
@@ -195,11 +211,10 @@ def _write_series(out, waves: "xr.DataArray", params: HoloParams) -> None:
                      as_dataset=params.output_series_as_dataset)
 
 
-def _write_aligned_rois(out, objects: "xr.DataArray", params: HoloParams, shifts, client) -> None:
+def _write_aligned_rois(out, series: FrameSeries, params: HoloParams, shifts, client) -> None:
     """The drift-moved ROI of every raw hologram as ``aligned_rois`` (one at a time)."""
     from holodask.io.holo_hdf5 import hologram_attrs, standard_attrs
 
-    series = FrameSeries.from_dataarray(objects)
     camera_shape = tuple(int(s) for s in series.shape[1:])
     roi = check_roi(params.roi, camera_shape, "roi")
     align_region = check_roi(params.align_roi_or_roi, camera_shape, "align_roi")

@@ -110,6 +110,11 @@ class FrameSeries:
     frame_index: np.ndarray
     coords: dict = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)
+    #: per-frame coordinates still to be computed: name -> (dtype, [(key, number of frames), ...])
+    #: (keys of ``graph`` whose values, concatenated, are the coordinate)
+    lazy_coords: dict = field(default_factory=dict)
+    #: attributes of the coordinates (``units``), by name
+    coord_attrs: dict = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:
@@ -143,16 +148,25 @@ class FrameSeries:
                 tasks[(name, k, 0, 0)] = key
         graph = HighLevelGraph.from_collections(name, tasks, dependencies=())
         data = da.Array(graph, name, chunks=((1,) * n_frames, (rows,), (cols,)), dtype=self.dtype)
-        pixel_nm = self.attrs.get("sampling_nm")
+        pixel_nm = self.attrs.get("sampling_yx_nm") or self.attrs.get("sampling_nm")
         units = "nm" if pixel_nm else "px"
-        pixel_nm = pixel_nm if pixel_nm is not None else 1.0
+        pixel_y, pixel_x = np.broadcast_to(np.asarray(pixel_nm if pixel_nm is not None else 1.0, dtype=float), (2,))
         coords: dict = {
             "frame": ("frame", self.frame_index),
-            "y": ("y", np.arange(rows) * pixel_nm, {"units": units}),
-            "x": ("x", np.arange(cols) * pixel_nm, {"units": units}),
+            "y": ("y", np.arange(rows) * pixel_y, {"units": units}),
+            "x": ("x", np.arange(cols) * pixel_x, {"units": units}),
         }
-        coords.update({key: ("frame", values) for key, values in self.coords.items()})
-        return xr.DataArray(data, dims=("frame", "y", "x"), coords=coords, attrs=dict(self.attrs), name="hologram")
+        coords.update({key: ("frame", values, dict(self.coord_attrs.get(key, {})))
+                       for key, values in self.coords.items()})
+        for key, (dtype, parts) in self.lazy_coords.items():
+            coord_name = f"{key}-{self.name}"
+            coord_tasks = dict(self.graph)
+            coord_tasks.update({(coord_name, i): part for i, (part, _) in enumerate(parts)})
+            values = da.Array(HighLevelGraph.from_collections(coord_name, coord_tasks, dependencies=()), coord_name,
+                              chunks=(tuple(length for _, length in parts),), dtype=dtype)
+            coords[key] = ("frame", values, dict(self.coord_attrs.get(key, {})))
+        return xr.DataArray(data, dims=("frame", "y", "x"), coords=coords, attrs=dict(self.attrs),
+                            name=self.attrs.get("name", "hologram"))
 
     @classmethod
     def from_dataarray(cls, array: "xr.DataArray", *, coords: bool = True) -> "FrameSeries":
@@ -162,8 +176,8 @@ class FrameSeries:
         Keys that only rename another key (xarray's and Dask's selections of whole
         frames) are followed to the task they name, and the graph holds only what
         the frames need, so that a frame's reading task can be inlined into the
-        tasks that use it. ``coords``: also the per-frame coordinates (computed
-        here where they are lazy; False leaves them out).
+        tasks that use it. ``coords``: also the per-frame coordinates (those
+        backed by Dask as :attr:`lazy_coords`; False leaves them out).
         """
         import dask.array as da
         from dask.core import flatten
@@ -175,13 +189,22 @@ class FrameSeries:
         data = data.rechunk({0: 1, 1: -1, 2: -1})
         graph = dict(data.__dask_graph__())
         keys = [_alias_target(graph, key) for key in flatten(data.__dask_keys__())]
-        graph, _ = cull(graph, keys)
-        frame_coords = {}
+        frame_coords, lazy_coords, coord_attrs, wanted = {}, {}, {}, list(keys)
         if coords:
-            frame_coords = {name: np.asarray(coord.values) for name, coord in array.coords.items()
-                            if coord.dims == ("frame",) and name != "frame"}
+            for name, coord in array.coords.items():
+                if coord.dims != ("frame",) or name == "frame":
+                    continue
+                coord_attrs[name] = dict(coord.attrs)
+                if isinstance(coord.data, da.Array):
+                    coord_keys = list(flatten(coord.data.__dask_keys__()))
+                    graph.update(dict(coord.data.__dask_graph__()))
+                    lazy_coords[name] = (coord.dtype, list(zip(coord_keys, coord.data.chunks[0])))
+                    wanted += coord_keys
+                else:
+                    frame_coords[name] = np.asarray(coord.values)
+        graph, _ = cull(graph, wanted)
         return cls(data.name, graph, keys, tuple(int(n) for n in array.shape), np.dtype(array.dtype),
-                   np.asarray(array["frame"].values), frame_coords, dict(array.attrs))
+                   np.asarray(array["frame"].values), frame_coords, dict(array.attrs), lazy_coords, coord_attrs)
 
 
 def _alias_target(graph: dict, key):

@@ -1,14 +1,19 @@
 """The averaging stage: :func:`hold` computes a reconstructed stack once and keeps it,
 :func:`average` aligns and averages it into a Dataset (the iterative scheme of
 :mod:`holodask.stages.rounds`).
+
+Both work on a :class:`~holodask.series.FrameSeries` underneath
+(:func:`hold_stack`, :func:`average_stack`), which is what ``holodask run``
+composes without building xarray objects (importing xarray and ``dask.array``
+alone takes about as long as reconstructing 60 holograms).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 import warnings
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,22 +23,22 @@ from holodask.errors import DataError, ParameterError
 from holodask.optics import propagate
 from holodask.params import HoloParams, stage_parameters
 from holodask.series import FrameSeries
-from holodask.stages.reconstruction import EmptyWave
+from holodask.stages.reconstruction import EmptyWave, stack_of
 from holodask.stages.rounds import AverageResult, HeldFrames, StoredFrame, average_series, current_store_dir, hold_frames
 
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["hold", "average", "result_dataset", "held_frames", "OBJECT_ITERATIONS", "DEFOCUS_START"]
+__all__ = ["hold", "hold_stack", "average", "average_stack", "Averaged", "held_frames", "OBJECT_ITERATIONS",
+           "DEFOCUS_START"]
 
 log = logging.getLogger("holodask")
 
 #: averaging rounds after the first, and the round the defocus fit starts with (the reference's)
 OBJECT_ITERATIONS = 7
 DEFOCUS_START = 4
-
-#: frame coordinates of a reconstructed stack that become variables of the result
-_FRAME_VARIABLES = ("raw_shift_x_px", "raw_shift_y_px", "saturated_px", "outliers", "defocus_nm")
+#: fraction of saturated pixels above which a hologram is reported
+SATURATION_FRACTION = 1e-3
 
 
 def _stored_block(stored: StoredFrame) -> np.ndarray:
@@ -42,27 +47,26 @@ def _stored_block(stored: StoredFrame) -> np.ndarray:
 
 def _graph_value(value):
     """A graph entry as the value it holds (Dask's data nodes unwrapped)."""
-    inner = getattr(value, "value", None)
-    if inner is not None and type(value).__name__ == "DataNode":
-        return inner
+    if type(value).__name__ == "DataNode":
+        return value.value
     return value
 
 
-def held_frames(waves: "xr.DataArray") -> HeldFrames | None:
-    """The frames of a stack that :func:`hold` made (or a numpy-backed one), else None."""
-    import dask.array as da
-    from dask.core import flatten
+def held_frames(stack) -> HeldFrames | None:
+    """The frames of a stack that :func:`hold` made (a FrameSeries or DataArray, or a
+    numpy-backed DataArray), else None."""
+    if not isinstance(stack, FrameSeries):
+        import dask.array as da
 
-    data = waves.data
-    if not isinstance(data, da.Array):
-        values = np.asarray(data)
-        return HeldFrames([values[k] for k in range(values.shape[0])])
-    if any(len(chunks) != 1 for chunks in data.chunks[1:]) or any(c != 1 for c in data.chunks[0]):
-        return None
-    graph = data.__dask_graph__()
+        if not isinstance(stack.data, da.Array):
+            values = np.asarray(stack.data)
+            return HeldFrames([values[k] for k in range(values.shape[0])])
+        if any(c != 1 for c in stack.data.chunks[0]):
+            return None
+        stack = FrameSeries.from_dataarray(stack, coords=False)
     items, client = [], None
-    for key in flatten(data.__dask_keys__()):
-        value = _graph_value(graph.get(key))
+    for key in stack.keys:
+        value = _graph_value(stack.graph.get(key))
         if isinstance(value, np.ndarray):
             items.append(value)
         elif isinstance(value, tuple) and value and value[0] is _stored_block:
@@ -75,30 +79,58 @@ def held_frames(waves: "xr.DataArray") -> HeldFrames | None:
     return HeldFrames(items, client)
 
 
-def _held_array(held: HeldFrames, shape, dtype):
-    """A Dask array whose chunks are the held frames (as :meth:`dask.persist` gives)."""
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
+def _warn_saturation(counts, frame_index, pixels: int) -> None:
+    saturated = [int(i) for i, c in zip(frame_index, counts) if c > SATURATION_FRACTION * pixels]
+    if saturated:
+        shown = ", ".join(str(i) for i in saturated[:20]) + (" ..." if len(saturated) > 20 else "")
+        warnings.warn(f"frames {shown} have many saturated pixels (at the maximum of their integer type)")
 
-    name = "held-" + uuid.uuid4().hex
-    dsk = {}
+
+def hold_stack(series: FrameSeries, *, client=None, store_dir=None) -> FrameSeries:
+    """:func:`hold` on a :class:`FrameSeries`: its graph then holds the frames themselves
+    (arrays, futures on the workers, or readers of the Zarr store) and its coordinates
+    and empty wave are computed."""
+    from holodask.cluster import current_client
+    from holodask.stages.reconstruction import _FACTORS
+
+    if client is None:
+        client = current_client()
+    if store_dir is None:
+        store_dir = current_store_dir()
+    empty = series.attrs.get("empty")
+    lazy_empty = isinstance(empty, EmptyWave) and empty.lazy
+    if not series.lazy_coords and not lazy_empty and held_frames(series) is not None:
+        return series
+    dsk = dict(series.graph)
+    also = [key for _, parts in series.lazy_coords.values() for key, _ in parts]
+    if lazy_empty:
+        dsk.update(empty.dsk)
+        also.append(empty.key)
+    started = time.perf_counter()
+    held, values = hold_frames(dsk, series.keys, series.shape[1:], client, store_dir, also=also)
+    _FACTORS.clear()
+    log.info("reconstruction: %d holograms in %.2f s", series.n_frames, time.perf_counter() - started)
+    computed = dict(zip(also, values))
+    attrs = dict(series.attrs)
+    if lazy_empty:
+        attrs["empty"] = empty.with_value(computed[empty.key])
+    coords = dict(series.coords)
+    for name, (dtype, parts) in series.lazy_coords.items():
+        coords[name] = np.concatenate([np.atleast_1d(computed[key]) for key, _ in parts]).astype(dtype, copy=False)
+    if "saturated_px" in coords and attrs.get("roi") is not None:
+        left, top, right, bottom = attrs["roi"]
+        _warn_saturation(coords["saturated_px"], series.frame_index, (right - left) * (bottom - top))
+    name = "held-" + series.name
+    graph = {}
     for k, item in enumerate(held.items):
         if isinstance(item, StoredFrame):
-            dsk[(name, k, 0, 0)] = (_stored_block, item)
+            graph[(name, k)] = (_stored_block, item)
         elif isinstance(item, np.ndarray):
-            dsk[(name, k, 0, 0)] = item if item.ndim == 3 else item[np.newaxis]
+            graph[(name, k)] = item if item.ndim == 3 else item[np.newaxis]
         else:
-            dsk[(name, k, 0, 0)] = item
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    return da.Array(graph, name, chunks=((1,) * len(held.items), (shape[0],), (shape[1],)), dtype=dtype)
-
-
-def _lazy_frame_coords(waves: "xr.DataArray") -> dict:
-    """The Dask-backed per-frame coordinates of a stack (computed with its frames)."""
-    import dask.array as da
-
-    return {name: coord.data for name, coord in waves.coords.items()
-            if coord.dims == ("frame",) and isinstance(coord.data, da.Array)}
+            graph[(name, k)] = item
+    return FrameSeries(name, graph, list(graph), series.shape, series.dtype, series.frame_index, coords, attrs,
+                       {}, dict(series.coord_attrs))
 
 
 def hold(waves: "xr.DataArray", *, client=None, store_dir=None) -> "xr.DataArray":
@@ -111,90 +143,41 @@ def hold(waves: "xr.DataArray", *, client=None, store_dir=None) -> "xr.DataArray
     drift, saturated pixels) and a lazy empty wave are computed in the same
     pass. A stack already held is returned as it is.
     """
-    from dask.core import flatten
-
-    from holodask.cluster import current_client
-    from holodask.stages.reconstruction import _FACTORS
-
-    if client is None:
-        client = current_client()
-    if store_dir is None:
-        store_dir = current_store_dir()
-    if held_frames(waves) is not None and not _lazy_frame_coords(waves):
-        return waves
-    series = FrameSeries.from_dataarray(waves, coords=False)
-    dsk = dict(series.graph)
-    lazy = _lazy_frame_coords(waves)
-    also, parts = [], {}
-    for name, array in lazy.items():
-        dsk.update(dict(array.__dask_graph__()))
-        parts[name] = list(flatten(array.__dask_keys__()))
-        also += parts[name]
-    empty = waves.attrs.get("empty")
-    if isinstance(empty, EmptyWave) and empty.lazy:
-        dsk.update(empty.dsk)
-        also.append(empty.key)
-    started = time.perf_counter()
-    held, values = hold_frames(dsk, series.keys, series.shape[1:], client, store_dir, also=also)
-    _FACTORS.clear()
-    log.info("reconstruction: %d holograms in %.2f s", series.n_frames, time.perf_counter() - started)
-    computed = dict(zip(also, values))
-    attrs = dict(waves.attrs)
-    if isinstance(empty, EmptyWave) and empty.lazy:
-        attrs["empty"] = empty.with_value(computed[empty.key])
-    result = waves.copy(data=_held_array(held, series.shape[1:], waves.dtype))
-    result.attrs = attrs
-    coords = {name: ("frame", np.concatenate([np.atleast_1d(computed[key]) for key in keys]),
-                     dict(waves.coords[name].attrs))
-              for name, keys in parts.items()}
-    if "saturated_px" in coords and waves.attrs.get("roi") is not None:
-        left, top, right, bottom = waves.attrs["roi"]
-        _warn_saturation(coords["saturated_px"][1], series.frame_index, (right - left) * (bottom - top))
-    return result.assign_coords(coords)
+    return hold_stack(stack_of(waves, "waves"), client=client, store_dir=store_dir).to_dataarray()
 
 
-#: fraction of saturated pixels above which a hologram is reported
-SATURATION_FRACTION = 1e-3
+def _wave_sampling(series: FrameSeries) -> tuple[float, float]:
+    """(y, x) pixel size in nm of a reconstructed stack."""
+    value = series.attrs.get("sampling_yx_nm") or series.attrs.get("sampling_nm")
+    if value is None:
+        raise ParameterError("sampling: the waves have no y/x coordinates in nm; give them (units 'nm') "
+                             "or an attribute 'sampling_nm'")
+    sy, sx = np.broadcast_to(np.asarray(value, dtype=float), (2,))
+    return float(sy), float(sx)
 
 
-def _warn_saturation(counts, frame_index, pixels: int) -> None:
-    saturated = [int(i) for i, c in zip(frame_index, counts) if c > SATURATION_FRACTION * pixels]
-    if saturated:
-        shown = ", ".join(str(i) for i in saturated[:20]) + (" ..." if len(saturated) > 20 else "")
-        warnings.warn(f"frames {shown} have many saturated pixels (at the maximum of their integer type)")
+def _waves_of(waves) -> FrameSeries:
+    """The FrameSeries of a reconstructed stack (a DataArray, a result's ``series``, ...)."""
+    if isinstance(waves, FrameSeries):
+        series = waves
+    else:
+        import xarray as xr
 
+        from holodask.stages.reconstruction import as_hologram_stack
 
-def _wave_sampling(waves: "xr.DataArray") -> tuple[float, float]:
-    """(y, x) pixel size in nm of a reconstructed stack, from its coordinates."""
-    sampling = []
-    for dim in ("y", "x"):
-        coord = waves.coords.get(dim)
-        if coord is None or coord.size < 2 or coord.attrs.get("units", "nm") != "nm":
-            value = waves.attrs.get("sampling_nm")
-            if value is None:
-                raise ParameterError("sampling: the waves have no y/x coordinates in nm; "
-                                     "give them (units 'nm') or an attribute 'sampling_nm'")
-            sampling.append(float(value))
-        else:
-            values = coord.values
-            sampling.append(float(values[1] - values[0]))
-    return sampling[0], sampling[1]
-
-
-def _as_wave_stack(waves) -> "xr.DataArray":
-    import xarray as xr
-
-    from holodask.stages.reconstruction import as_hologram_stack
-
-    if isinstance(waves, xr.Dataset):
-        if "series" not in waves:
-            raise DataError("waves: the Dataset holds no 'series' of reconstructed waves")
-        waves = waves["series"]
-    array = as_hologram_stack(waves, "waves")
-    if not np.iscomplexobj(np.empty(0, array.dtype)):
-        raise DataError("waves: expected complex reconstructed waves (holodask.reconstruct), got "
-                        f"{array.dtype} values (holograms?)")
-    return array
+        if isinstance(waves, xr.Dataset):
+            if "series" not in waves:
+                raise DataError("waves: the Dataset holds no 'series' of reconstructed waves")
+            waves = waves["series"]
+        array = as_hologram_stack(waves, "waves")
+        series = stack_of(array, "waves")
+        if array.coords["x"].attrs.get("units", "nm") == "nm" and array.sizes["x"] > 1 and array.sizes["y"] > 1:
+            series.attrs["sampling_yx_nm"] = (float(array.y.values[1] - array.y.values[0]),
+                                              float(array.x.values[1] - array.x.values[0]))
+    if np.dtype(series.dtype).kind != "c":
+        raise DataError(f"waves: expected complex reconstructed waves (holodask.reconstruct), got "
+                        f"{np.dtype(series.dtype)} values (holograms?)")
+    return series
 
 
 def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
@@ -210,7 +193,7 @@ def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
     ----------
     waves : xarray.DataArray
         ``(frame, y, x)`` complex waves, as :func:`holodask.reconstruct` gives
-        (lazy or held by :func:`hold`), with ``y``/``x`` in nm.
+        (lazy, or held by :func:`hold`), with ``y``/``x`` in nm.
     params : HoloParams, parameter file or dict, optional
         Default: the parameters the waves were reconstructed with.
     client : distributed.Client, optional
@@ -218,7 +201,7 @@ def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
         :func:`holodask.cluster.compute_context`, else local threads.
     **options
         Parameters by their parameter-file names: ``adjust_shift``,
-        ``adjust_tilt``, ``adjust_defocus``, ``voltage``, ``defocus_first``, ...
+        ``adjust_tilt``, ``adjust_defocus``, ``voltage``, ...
 
     Returns
     -------
@@ -228,113 +211,153 @@ def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
         ``shift_nm`` and ``tilt_per_nm`` (axis ``xy``), ``defocus_nm``,
         ``error``, ``raw_shift_px``, ``saturated_px``, ``outliers``;
         ``convergence`` along ``iteration``: the names of
-        :func:`holodask.open_result`.
+        :func:`holodask.open_result`. ``attrs``: the calibration, the
+        ``parameters`` and ``hdf5_attrs`` (those of the output's ``data``).
     """
-    waves = _as_wave_stack(waves)
-    base = params if params is not None else waves.attrs.get("params")
-    params = stage_parameters(base, options)
-    voltage = waves.attrs.get("voltage_kV") or params.voltage_kV
-    defocus = (np.asarray(waves.coords["defocus_nm"].values, dtype=float) if "defocus_nm" in waves.coords
-               else np.zeros(waves.sizes["frame"]))
+    series = _waves_of(waves)
+    params = stage_parameters(params if params is not None else series.attrs.get("params"), options)
+    return average_stack(series, params, client=client).to_dataset()
+
+
+@dataclass
+class Averaged:
+    """What :func:`average_stack` found: the average and the per-frame values, without xarray.
+
+    ``fit`` is the :class:`AverageResult` (None for a single hologram);
+    ``frame_values`` the stack's per-frame values that become variables
+    (``raw_shift_px`` (N, 2), ``saturated_px``, ``outliers``), ``frame_coords``
+    the other per-frame coordinates; ``hdf5_attrs`` the attributes of the
+    output's ``data``/``variance``; ``attrs`` those for a reader.
+    """
+
+    data: np.ndarray
+    variance: np.ndarray | None
+    fit: AverageResult | None
+    sampling_yx_nm: tuple[float, float]
+    frame_index: np.ndarray
+    frame_values: dict = field(default_factory=dict)
+    frame_coords: dict = field(default_factory=dict)
+    coord_attrs: dict = field(default_factory=dict)
+    empty: EmptyWave | None = None
+    hdf5_attrs: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+
+    def to_dataset(self) -> "xr.Dataset":
+        """The result as an :class:`xarray.Dataset` (the names of :func:`holodask.open_result`)."""
+        import xarray as xr
+
+        sy, sx = self.sampling_yx_nm
+        ny, nx = self.data.shape
+        coords = {"y": ("y", np.arange(ny) * sy, {"units": "nm"}), "x": ("x", np.arange(nx) * sx, {"units": "nm"}),
+                  "frame": self.frame_index, "xy": ["x", "y"]}
+        coords.update({name: ("frame", values, dict(self.coord_attrs.get(name, {})))
+                       for name, values in self.frame_coords.items()})
+        variables: dict = {"data": (("y", "x"), self.data)}
+        if self.variance is not None:
+            variables["variance"] = (("y", "x"), self.variance)
+        fit = self.fit
+        if fit is not None:
+            variables.update({
+                "factor": (("frame",), np.asarray(fit.factors, dtype=np.complex128)),
+                "shift_nm": (("frame", "xy"), fit.shifts_nm[:, ::-1]),
+                "tilt_per_nm": (("frame", "xy"), fit.tilts_per_nm[:, ::-1]),
+                "defocus_nm": (("frame",), fit.defocus_nm),
+                "error": (("frame",), fit.errors),
+            })
+            variables["convergence"] = xr.DataArray(np.asarray(fit.convergence, dtype=float), dims=("iteration",),
+                                                    coords={"iteration": np.arange(len(fit.convergence))})
+        for name, values in self.frame_values.items():
+            variables[name] = (("frame", "xy") if np.ndim(values) == 2 else ("frame",), values)
+        result = xr.Dataset(variables, coords=coords, attrs={**self.attrs, "hdf5_attrs": self.hdf5_attrs})
+        if self.empty is not None:
+            result = _with_empty(result, self.empty)
+        return result
+
+
+def _with_empty(result: "xr.Dataset", empty: EmptyWave) -> "xr.Dataset":
+    """The Dataset with the empty wave: on the data's y/x when it has the same grid, else on
+    empty_y/empty_x; and its holograms' outlier counts along ``empty_frame``."""
+    import xarray as xr
+
+    array = empty.compute().to_dataarray()
+    if "data" not in result:
+        pass
+    elif not (array.shape == result["data"].shape and np.allclose(array.y.values, result.y.values)
+              and np.allclose(array.x.values, result.x.values)):
+        array = array.rename({"y": "empty_y", "x": "empty_x"})
+    else:
+        array = array.assign_coords(y=result.y, x=result.x)
+    array.attrs = {"hdf5_attrs": empty.attrs}
+    result = result.assign(empty=array)
+    if empty.outliers is not None and "data" in result:
+        index = empty.frame_index if empty.frame_index is not None else np.arange(len(empty.outliers))
+        result = result.assign(empty_outliers=xr.DataArray(np.asarray(empty.outliers, dtype=np.int64),
+                                                           dims=("empty_frame",), coords={"empty_frame": index}))
+    return result
+
+
+#: per-frame coordinates of a stack that become variables of the result (or are replaced by the fit)
+_FRAME_VARIABLES = ("raw_shift_x_px", "raw_shift_y_px", "saturated_px", "outliers", "defocus_nm")
+#: attributes of a stack not passed on to a result
+_STACK_ONLY_ATTRS = ("empty", "params", "hdf5_attrs", "long_name", "name", "sampling_yx_nm")
+
+
+def average_stack(series: FrameSeries, params: HoloParams, *, client=None) -> Averaged:
+    """:func:`average` on a :class:`FrameSeries` of waves (held here first)."""
+    voltage = series.attrs.get("voltage_kV") or params.voltage_kV
+    defocus = np.asarray(series.coords.get("defocus_nm", np.zeros(series.n_frames)), dtype=float)
     if (params.adjust_defocus or np.any(defocus != 0)) and not voltage:
         raise ParameterError("voltage: needed for defocus (the files carry no voltage); give the parameter 'voltage' in kV")
-    sampling = _wave_sampling(waves)
-    waves = hold(waves, client=client)
-    held = held_frames(waves)
+    sampling = _wave_sampling(series)
+    series = hold_stack(series, client=client)
+    held = held_frames(series)
     if len(held) > 1:
         started = time.perf_counter()
-        grid = alignment_grid(waves.shape[1:], sampling, voltage)
-        result = average_series(held, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
-                                fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
-                                defocus_start=DEFOCUS_START, variance=True)
-        log.info("averaging: %d rounds in %.2f s", len(result.convergence), time.perf_counter() - started)
+        grid = alignment_grid(series.shape[1:], sampling, voltage)
+        fit = average_series(held, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
+                             fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
+                             defocus_start=DEFOCUS_START, variance=True)
+        log.info("averaging: %d rounds in %.2f s", len(fit.convergence), time.perf_counter() - started)
+        data, variance = fit.wave, fit.variance
     else:
-        result = propagate(held.frame(0), float(defocus[0]), voltage or 300.0, sampling)
-    return result_dataset(waves, result, params)
+        fit, variance = None, None
+        data = propagate(held.frame(0), float(defocus[0]), voltage or 300.0, sampling)
+    return _averaged(series, params, fit, np.asarray(data, dtype=np.complex64), variance, sampling)
 
 
-def _image(values, like: "xr.DataArray", name: str) -> "xr.DataArray":
-    import xarray as xr
-
-    return xr.DataArray(values, dims=("y", "x"), coords={"y": like.coords["y"], "x": like.coords["x"]}, name=name)
-
-
-def _empty_variable(empty: EmptyWave, data: "xr.DataArray") -> "xr.DataArray":
-    """The empty wave on the data's y/x when it has the same grid, else on empty_y/empty_x."""
-    import xarray as xr
-
-    empty = empty.compute()
-    array = empty.to_dataarray()
-    same = (array.shape == data.shape and np.allclose(array.y.values, data.y.values)
-            and np.allclose(array.x.values, data.x.values))
-    if not same:
-        array = array.rename({"y": "empty_y", "x": "empty_x"})
-    array.attrs = {"hdf5_attrs": empty.attrs}
-    if empty.outliers is not None and empty.frame_index is not None:
-        array.attrs["outliers"] = empty.outliers
-    return xr.DataArray(array)
-
-
-def result_dataset(waves: "xr.DataArray", result, params: HoloParams) -> "xr.Dataset":
-    """The Dataset of :func:`average`: the average (an :class:`AverageResult`, or the wave of a
-    single hologram) with the per-frame fit, the stack's per-frame values and attributes."""
-    import xarray as xr
-
+def _averaged(series: FrameSeries, params: HoloParams, fit, data, variance, sampling) -> Averaged:
     from holodask.io.holo_hdf5 import hologram_attrs
 
-    n_frames = waves.sizes["frame"]
-    frame_index = np.asarray(waves.coords["frame"].values)
-    aligned = params.enable_raw_alignment and n_frames > 1
+    aligned = params.enable_raw_alignment and series.n_frames > 1
+    coords = series.coords
+    frame_values = {}
     raw_shift = None
-    if "raw_shift_x_px" in waves.coords:
-        raw_shift = np.stack([waves.coords["raw_shift_x_px"].values, waves.coords["raw_shift_y_px"].values], axis=1)
-    wave = result.wave if isinstance(result, AverageResult) else result
-    data = _image(np.asarray(wave, dtype=np.complex64), waves, "data")
-    variables = {"data": data}
-    hdf5_attrs = dict(waves.attrs.get("hdf5_attrs") or {})
-    if isinstance(result, AverageResult):
-        variables["variance"] = _image(result.variance, waves, "variance")
-        frame = ("frame",)
-        variables.update({
-            "factor": (frame, np.asarray(result.factors, dtype=np.complex128)),
-            "shift_nm": (("frame", "xy"), result.shifts_nm[:, ::-1]),
-            "tilt_per_nm": (("frame", "xy"), result.tilts_per_nm[:, ::-1]),
-            "defocus_nm": (frame, result.defocus_nm),
-            "error": (frame, result.errors),
-        })
-        hdf5_attrs.update(hologram_attrs(
-            shift_nm=result.shifts_nm[:, ::-1], tilt_per_nm=result.tilts_per_nm[:, ::-1],
-            defocus_nm=result.defocus_nm, factor=result.factors, error=result.errors,
-            raw_shift_px=raw_shift if aligned else None, convergence=result.convergence, frame_index=frame_index))
-        variables["convergence"] = xr.DataArray(np.asarray(result.convergence, dtype=float), dims=("iteration",),
-                                                coords={"iteration": np.arange(len(result.convergence))})
-    else:
-        hdf5_attrs.update(hologram_attrs(frame_index=frame_index))
-    if raw_shift is not None and aligned:
-        variables["raw_shift_px"] = (("frame", "xy"), raw_shift)
+    if "raw_shift_x_px" in coords:
+        raw_shift = np.stack([coords["raw_shift_x_px"], coords["raw_shift_y_px"]], axis=1)
+        if aligned:
+            frame_values["raw_shift_px"] = raw_shift
     for name in ("saturated_px", "outliers"):
-        if name in waves.coords:
-            variables[name] = (("frame",), np.asarray(waves.coords[name].values))
-    empty = waves.attrs.get("empty")
-    if isinstance(empty, EmptyWave):
-        variables["empty"] = _empty_variable(empty, data)
-        if empty.outliers is not None:
-            variables["empty_outliers"] = xr.DataArray(
-                np.asarray(empty.outliers, dtype=np.int64), dims=("empty_frame",),
-                coords={"empty_frame": (empty.frame_index if empty.frame_index is not None
-                                        else np.arange(len(empty.outliers)))})
-    coords = {"frame": frame_index, "xy": ["x", "y"]}
-    coords.update({name: ("frame", coord.values, dict(coord.attrs)) for name, coord in waves.coords.items()
-                   if coord.dims == ("frame",) and name != "frame" and name not in _FRAME_VARIABLES})
-    attrs = {key: value for key, value in waves.attrs.items()
-             if key not in ("empty", "params", "hdf5_attrs", "long_name") and value is not None}
+        if name in coords:
+            frame_values[name] = np.asarray(coords[name])
+    hdf5_attrs = dict(series.attrs.get("hdf5_attrs") or {})
+    if fit is not None:
+        hdf5_attrs.update(hologram_attrs(
+            shift_nm=fit.shifts_nm[:, ::-1], tilt_per_nm=fit.tilts_per_nm[:, ::-1], defocus_nm=fit.defocus_nm,
+            factor=fit.factors, error=fit.errors, raw_shift_px=raw_shift if aligned else None,
+            convergence=fit.convergence, frame_index=series.frame_index))
+    else:
+        hdf5_attrs.update(hologram_attrs(frame_index=series.frame_index))
+    attrs = {key: value for key, value in series.attrs.items() if key not in _STACK_ONLY_ATTRS and value is not None}
     attrs["parameters"] = dict(params.raw)
-    attrs["hdf5_attrs"] = hdf5_attrs
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    empty = series.attrs.get("empty")
+    return Averaged(data, variance, fit, sampling, np.asarray(series.frame_index), frame_values,
+                    {name: values for name, values in coords.items() if name not in _FRAME_VARIABLES},
+                    dict(series.coord_attrs), empty if isinstance(empty, EmptyWave) else None, hdf5_attrs, attrs)
 
 
 def empty_dataset(empty: EmptyWave, params: HoloParams) -> "xr.Dataset":
-    """The Dataset of a run with empty holograms only: the averaged empty wave."""
+    """The Dataset of a run with empty holograms only: the averaged empty wave (and the
+    outliers replaced in each empty hologram, as ``outliers`` along ``frame``)."""
     import xarray as xr
 
     empty = empty.compute()

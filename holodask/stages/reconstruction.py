@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ from holodask.series import FrameSeries
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["reconstruct", "reconstruct_empty", "raw_alignment", "repair_outliers", "EmptyWave", "EMPTY_ITERATIONS",
-           "as_hologram_stack"]
+__all__ = ["reconstruct", "reconstruct_stack", "reconstruct_empty", "raw_alignment", "raw_shifts", "repair_outliers",
+           "EmptyWave", "EMPTY_ITERATIONS", "as_hologram_stack", "stack_of"]
 
 log = logging.getLogger("holodask")
 
@@ -106,13 +107,24 @@ def _stack_sampling(array: "xr.DataArray") -> float | None:
     return None
 
 
-def _frame_series(array: "xr.DataArray") -> FrameSeries:
+def stack_of(holograms, name: str = "holograms") -> FrameSeries:
+    """The :class:`FrameSeries` (frames as tasks of a graph) of a hologram stack: a
+    FrameSeries as it is, else what :func:`as_hologram_stack` takes."""
+    if isinstance(holograms, FrameSeries):
+        return holograms
+    array = as_hologram_stack(holograms, name)
     series = FrameSeries.from_dataarray(array)
     if series.attrs.get("sampling_nm") is None:
         series.attrs["sampling_nm"] = _stack_sampling(array)
     if "defocus_nm" not in series.coords:
         series.coords["defocus_nm"] = np.zeros(series.n_frames)
     return series
+
+
+def _check_real(series: FrameSeries, what: str) -> None:
+    if np.dtype(series.dtype).kind == "c":
+        raise DataError(f"{series.attrs.get('source') or what}: complex values; holograms are real "
+                        "intensities (is this already a reconstructed wave?)")
 
 
 def check_roi(roi, shape, name: str) -> tuple[int, int, int, int]:
@@ -301,13 +313,10 @@ def reconstruct_empty(empties, params=None, **options) -> EmptyWave:
     at ``empty_size`` over the whole camera and, for several, averaged as the reference
     does (4 rounds, no shift fit); outliers repaired first with ``outlier_cutoff``."""
     params = stage_parameters(params, options)
-    array = as_hologram_stack(empties, "empty holograms")
-    if np.iscomplexobj(np.empty(0, array.dtype)):
-        raise DataError("empty: a complex array is a wave, not empty holograms (pass it as the wave itself)")
-    array = repair_outliers(array, params)
-    outliers = array.coords["outliers"].values if "outliers" in array.coords else None
-    series = _frame_series(array)
-    series.coords.pop("outliers", None)
+    series = stack_of(empties, "empty holograms")
+    _check_real(series, "the empty holograms")
+    series = repair_stack(series, params)
+    outliers = series.coords.pop("outliers", None)
     sampling = _sampling(series, params, "empty")
     params = _with_found_sideband(params, series, sampling)
     return _empty_from_series(series, params, sampling, outliers)
@@ -431,13 +440,12 @@ def empty_for(empty, params: HoloParams, object_sampling: float | None = None) -
     (a real DataArray or array with a frame axis); a complex wave (2-D); a
     result Dataset (its ``empty``); an :class:`EmptyWave`.
     """
-    import xarray as xr
-
+    xr = sys.modules.get("xarray")  # (an xarray object means xarray is imported already)
     if empty is False or params.only_align:
         return None
     if isinstance(empty, EmptyWave):
         return empty
-    if isinstance(empty, xr.Dataset):
+    if xr is not None and isinstance(empty, xr.Dataset):
         if "empty" not in empty:
             raise DataError("empty: the Dataset holds no 'empty' wave")
         return _given_wave(empty["empty"])
@@ -452,9 +460,9 @@ def empty_for(empty, params: HoloParams, object_sampling: float | None = None) -
         return EmptyWave(None, None, wave, {}, (1.0, 1.0), False)
     if params.empty_series is None:
         return None
-    from holodask.series import open_frames
+    from holodask.series import open_frame_series
 
-    return reconstruct_empty(open_frames(params.empty_series, params, basepath=params.basepath), params)
+    return reconstruct_empty(open_frame_series(params.empty_series, params, basepath=params.basepath), params)
 
 
 def _camera_empty(value, camera_shape, only_phase: bool) -> np.ndarray:
@@ -519,21 +527,36 @@ def raw_alignment(holograms, params=None, **options) -> "xr.DataArray":
     (or ``roi``) with the cut-off ``align_cut_off`` (or ``cut_off``), and the
     integer steps summed along the series. Returns a ``(frame, xy)`` int64
     DataArray (Dask-backed); zeros when ``enable_raw_alignment`` is false.
+    :func:`raw_shifts` computes them at once, without xarray.
     """
     import dask.array as da
     import xarray as xr
     from dask.highlevelgraph import HighLevelGraph
 
     params = stage_parameters(params, options)
-    array = as_hologram_stack(holograms)
-    series = _frame_series(array)
+    series = stack_of(holograms)
     dsk, key = _shift_tasks(series, params)
+    dsk = {**series.graph, **dsk}
     name = "raw-alignment-" + tokenize(key)
     dsk[(name, 0, 0)] = key
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     data = da.Array(graph, name, chunks=((series.n_frames,), (2,)), dtype=np.int64)
     return xr.DataArray(data, dims=("frame", "xy"), coords={"frame": series.frame_index, "xy": ["x", "y"]},
                         name="raw_shift_px")
+
+
+def raw_shifts(holograms, params: HoloParams) -> np.ndarray:
+    """The (N, 2) raw drift (x, y px) of :func:`raw_alignment`, computed now."""
+    series = stack_of(holograms)
+    dsk, key = _shift_tasks(series, params)
+    dsk = {**series.graph, **dsk}
+    return np.asarray(_compute(dsk, [key], current_client_or_none())[0])
+
+
+def current_client_or_none():
+    from holodask.cluster import current_client
+
+    return current_client()
 
 
 def _shift_tasks(series: FrameSeries, params: HoloParams, raw_shifts=None) -> tuple[dict, Any]:
@@ -648,12 +671,12 @@ def _object_setup(series: FrameSeries, params: HoloParams) -> _ObjectSetup:
     check_sideband(params, camera_shape)
     roi = check_roi(params.roi, camera_shape, "roi")
     align_region = check_roi(params.align_roi_or_roi, camera_shape, "align_roi")
-    binning = int(series.attrs.get("binning") or 1)
+    binning = int(params.binning or series.attrs.get("binning") or 1)
     roi_shape = (roi[3] - roi[1], roi[2] - roi[0])
     geometry = sideband_geometry_of(params, roi_shape, camera_shape, sampling, int(params.object_size), binning,
                                     dtype=series.dtype)
-    return _ObjectSetup(params, camera_shape, roi, align_region, sampling, binning,
-                        series.attrs.get("voltage_kV"), geometry)
+    voltage = params.voltage_kV if params.voltage_kV is not None else series.attrs.get("voltage_kV")
+    return _ObjectSetup(params, camera_shape, roi, align_region, sampling, binning, voltage, geometry)
 
 
 def repair_outliers(holograms, params=None, **options) -> "xr.DataArray":
@@ -667,20 +690,23 @@ def repair_outliers(holograms, params=None, **options) -> "xr.DataArray":
     ``outlier_cutoff``. A series of fewer than 3 holograms, or a stack
     repaired already, is returned as it is.
     """
-    from holodask.cluster import current_client
-    from holodask.outliers import repair_series
-    from holodask.stages.rounds import scheduler_of
-
     params = stage_parameters(params, options)
-    array = as_hologram_stack(holograms)
-    if params.outlier_cutoff is None or array.attrs.get("outlier_cutoff") is not None:
-        return array
-    repaired, counts = repair_series(array, params.outlier_cutoff, scheduler_of(current_client()))
-    if counts is None:
-        return repaired
-    repaired = repaired.assign_coords(outliers=("frame", counts))
-    repaired.attrs["outlier_cutoff"] = float(params.outlier_cutoff)
-    return repaired
+    return repair_stack(stack_of(holograms), params).to_dataarray()
+
+
+def repair_stack(series: FrameSeries, params: HoloParams) -> FrameSeries:
+    """:func:`repair_outliers` on a :class:`FrameSeries`."""
+    if params.outlier_cutoff is None or series.attrs.get("outlier_cutoff") is not None:
+        return series
+    from holodask.cluster import current_client
+    from holodask.outliers import repair_series  # (imports dask.array)
+    from holodask.stages.rounds import scheduler_of
+    repaired, counts = repair_series(series.to_dataarray(), params.outlier_cutoff, scheduler_of(current_client()))
+    result = FrameSeries.from_dataarray(repaired)
+    if counts is not None:
+        result.coords["outliers"] = np.asarray(counts, dtype=np.int64)
+        result.attrs["outlier_cutoff"] = float(params.outlier_cutoff)
+    return result
 
 
 def _wave_attrs(setup: _ObjectSetup, series: FrameSeries, empty: EmptyWave | None, outlier_counts) -> dict:
@@ -699,8 +725,10 @@ def _wave_attrs(setup: _ObjectSetup, series: FrameSeries, empty: EmptyWave | Non
     else:
         hdf5_attrs.pop("align_cut_off", None)
     return {
+        "name": "wave",
         "long_name": "reconstructed wave",
         "sampling_nm": float(geometry.sampling_out_nm[1]),
+        "sampling_yx_nm": tuple(float(v) for v in geometry.sampling_out_nm),
         "hologram_sampling_nm": setup.sampling_nm,
         "voltage_kV": setup.voltage_kV,
         "sideband_pos_px": tuple(float(v) for v in params.sideband_pos_px),
@@ -750,7 +778,8 @@ def reconstruct(holograms, params=None, *, empty=None, raw_shifts=None, **option
         found on the first hologram (:func:`holodask.find_sideband`), without
         ``cut_off`` a third of the carrier frequency is taken, without
         ``object_size`` the smallest size that holds the mask; these read the
-        first hologram now.
+        first hologram now (as ``outlier_cutoff`` reads every hologram now for
+        its statistics).
 
     Returns
     -------
@@ -772,18 +801,15 @@ def reconstruct(holograms, params=None, *, empty=None, raw_shifts=None, **option
     (each drift is a sum along the series); :func:`holodask.average` computes
     the stack once and keeps it for its rounds.
     """
-    import dask.array as da
-    import xarray as xr
-    from dask.highlevelgraph import HighLevelGraph
-
     params = stage_parameters(params, options)
-    array = as_hologram_stack(holograms)
-    if np.iscomplexobj(np.empty(0, array.dtype)):
-        raise DataError(f"{array.attrs.get('source') or 'holograms'}: complex values; holograms are real "
-                        "intensities (is this already a reconstructed wave?)")
-    array = repair_outliers(array, params)
-    outlier_counts = array.coords["outliers"].values if "outliers" in array.coords else None
-    series = _frame_series(array)
+    return reconstruct_stack(stack_of(holograms), params, empty=empty, raw_shifts=raw_shifts).to_dataarray()
+
+
+def reconstruct_stack(series: FrameSeries, params: HoloParams, *, empty=None, raw_shifts=None) -> FrameSeries:
+    """:func:`reconstruct` on a :class:`FrameSeries`, giving one: the tasks of the waves (as
+    (1, ny, nx) blocks), with the raw drift and saturated pixels as lazy coordinates."""
+    _check_real(series, "holograms")
+    series = repair_stack(series, params)
     if series.n_frames == 0:
         raise ParameterError("object_names: the series is empty (every hologram excluded by object_exclude)")
     setup = _object_setup(series, params)
@@ -798,18 +824,18 @@ def reconstruct(holograms, params=None, *, empty=None, raw_shifts=None, **option
     dsk = dict(series.graph)
     shift_dsk, shifts_key = _shift_tasks(series, params, raw_shifts)
     dsk.update(shift_dsk)
+    empty_token = None
+    if empty_wave is not None:
+        empty_token = empty_wave.key if empty_wave.lazy else tokenize(empty_wave.wave)
     token = tokenize(series.name, shifts_key, roi, out_shape, source, setup.geometry.carrier_per_nm,
-                     params.cut_off2_per_nm2, params.filter_func, params.mtf, params.only_phase,
-                     getattr(empty_wave, "key", None) if empty_wave is not None and empty_wave.lazy
-                     else (tokenize(empty_wave.wave) if empty_wave is not None else None))
+                     params.cut_off2_per_nm2, params.filter_func, params.mtf, params.only_phase, empty_token)
     geometry_key, empty_key = ("geometry-" + token,), ("camera-empty-" + token,)
     dsk[geometry_key] = setup.geometry
     if empty_wave is not None:
         if empty_wave.lazy:
             dsk.update(empty_wave.dsk)
-            dsk[empty_key] = (_camera_empty, empty_wave.key, setup.camera_shape, params.only_phase)
-        else:
-            dsk[empty_key] = (_camera_empty, empty_wave.wave, setup.camera_shape, params.only_phase)
+        wave_ref = empty_wave.key if empty_wave.lazy else empty_wave.wave
+        dsk[empty_key] = (_camera_empty, wave_ref, setup.camera_shape, params.only_phase)
         grid = factor_grid(roi_shape, out_shape)
         factor_token = token if grid is not None else None
     else:
@@ -822,38 +848,19 @@ def reconstruct(holograms, params=None, *, empty=None, raw_shifts=None, **option
     for k in range(series.n_frames):
         dsk[(pair_name, k)] = (_reconstruct_frame, series.frame_task(k), shifts_key, k, empty_key, factor_token,
                                grid, geometry_key, roi, f"frame {int(series.frame_index[k])}", source, out_shape)
-        dsk[(wave_name, k, 0, 0)] = (_wave_block, (pair_name, k))
+        dsk[(wave_name, k)] = (_wave_block, (pair_name, k))
         dsk[(count_name, k)] = (_count_block, (pair_name, k))
-    n = series.n_frames
-    graph = HighLevelGraph.from_collections(wave_name, dsk, dependencies=())
-    waves = da.Array(graph, wave_name, chunks=((1,) * n, (size,), (size,)), dtype=np.complex64)
-    counts = da.Array(HighLevelGraph.from_collections(count_name, dsk, dependencies=()), count_name,
-                      chunks=((1,) * n,), dtype=np.int64)
     shift_name = "raw-shift-" + token
-    shift_dsk = {(shift_name + "-x", 0): (_column, shifts_key, 0), (shift_name + "-y", 0): (_column, shifts_key, 1)}
-    shift_dsk.update({k: dsk[k] for k in _shift_graph_keys(dsk, shifts_key, series)})
-    shift_x, shift_y = (da.Array(HighLevelGraph.from_collections(shift_name + suffix, shift_dsk, dependencies=()),
-                                 shift_name + suffix, chunks=((n,),), dtype=np.int64) for suffix in ("-x", "-y"))
-
-    sy, sx = setup.geometry.sampling_out_nm
-    coords: dict = {
-        "frame": ("frame", series.frame_index),
-        "y": ("y", np.arange(size) * sy, {"units": "nm"}),
-        "x": ("x", np.arange(size) * sx, {"units": "nm"}),
-    }
-    coords.update({key: ("frame", values) for key, values in series.coords.items() if key != "outliers"})
-    coords["raw_shift_x_px"] = ("frame", shift_x, {"units": "px"})
-    coords["raw_shift_y_px"] = ("frame", shift_y, {"units": "px"})
-    coords["saturated_px"] = ("frame", counts)
-    if outlier_counts is not None:
-        coords["outliers"] = ("frame", outlier_counts)
-    return xr.DataArray(waves, dims=("frame", "y", "x"), coords=coords, name="wave",
-                        attrs=_wave_attrs(setup, series, empty_wave, outlier_counts))
-
-
-def _shift_graph_keys(dsk: dict, shifts_key, series: FrameSeries) -> list:
-    """The keys the raw drift needs (its tasks and the frames they read)."""
-    from dask.optimization import cull
-
-    culled, _ = cull(dsk, [shifts_key])
-    return list(culled)
+    dsk[(shift_name, "x")] = (_column, shifts_key, 0)
+    dsk[(shift_name, "y")] = (_column, shifts_key, 1)
+    n = series.n_frames
+    lazy = {"raw_shift_x_px": (np.int64, [((shift_name, "x"), n)]),
+            "raw_shift_y_px": (np.int64, [((shift_name, "y"), n)]),
+            "saturated_px": (np.int64, [((count_name, k), 1) for k in range(n)])}
+    coords = {key: values for key, values in series.coords.items()}
+    coord_attrs = dict(series.coord_attrs)
+    coord_attrs.update({"raw_shift_x_px": {"units": "px"}, "raw_shift_y_px": {"units": "px"},
+                        "defocus_nm": {"units": "nm"}})
+    attrs = _wave_attrs(setup, series, empty_wave, coords.get("outliers"))
+    return FrameSeries(wave_name, dsk, [(wave_name, k) for k in range(n)], (n, size, size), np.dtype(np.complex64),
+                       series.frame_index, coords, attrs, lazy, coord_attrs)
