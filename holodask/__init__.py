@@ -1,7 +1,11 @@
 """holodask: parallel, out-of-core reconstruction and averaging of off-axis
 electron hologram series with Dask and xarray.
 
-The public API is imported lazily so that ``import holodask`` stays cheap.
+The public API is imported lazily so that ``import holodask`` stays cheap:
+:func:`open_series` loads a lazy labelled stack, :func:`reconstruct` and
+:func:`average` are the stages of ``holodask run``, :func:`open_result` reads a
+result file; ``import holodask.accessor`` (done by the stages) adds the
+``.holo`` accessor to xarray objects.
 """
 
 from importlib import import_module
@@ -13,6 +17,13 @@ _blas_single_threaded = False
 
 _LAZY = {
     "open_series": "holodask.series",
+    "reconstruct": "holodask.stages.reconstruction",
+    "reconstruct_empty": "holodask.stages.reconstruction",
+    "raw_alignment": "holodask.stages.reconstruction",
+    "repair_outliers": "holodask.stages.reconstruction",
+    "hold": "holodask.stages.averaging",
+    "average": "holodask.stages.averaging",
+    "find_sideband": "holodask.sideband",
     "load_parameters": "holodask.params",
     "HoloParams": "holodask.params",
     "simulate": "holodask.simulate",

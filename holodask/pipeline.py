@@ -120,9 +120,13 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
         elif params.only_align:
             result = _align_only(objects, params, out, client)
         else:
-            result = _reconstruct_and_average(objects, params, out, client)
+            result, waves = _reconstruct_and_average(objects, params, out, client)
+            if out is None:  # in memory: the Dataset, with the reconstructions where asked for
+                result = result.to_dataset()
+                if params.output_series:
+                    result = result.assign(series=waves.to_dataarray().reset_coords(drop=True).rename("series"))
     if not params.output_name:
-        return result.to_dataset() if isinstance(result, Averaged) else result
+        return result
     output = Path(params.output_name)
     export_run(params, output)
     if not load:
@@ -164,7 +168,7 @@ def _align_only(objects: FrameSeries, params: HoloParams, out, client) -> "xr.Da
                       attrs={"source": str(params.output_name), "prefix": params.output_prefix})
 
 
-def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, client) -> Averaged:
+def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, client) -> tuple[Averaged, FrameSeries]:
     objects = repair_stack(objects, params)
     shifts = None
     if params.output_aligned and out is not None:  # the ROIs need the drift first: aligned once, here
@@ -188,7 +192,7 @@ def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, clie
             from holodask.outliers import write_outlier_counts  # (imports dask.array)
 
             write_outlier_counts(out, result.frame_values["outliers"], params)
-    return result
+    return result, waves
 
 
 def _frame_attrs(waves: FrameSeries, params: HoloParams) -> dict:

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
+import holodask.accessor  # noqa: F401  (the .holo accessor on what is returned)
 from holodask.errors import DataError, InputFileError
 from holodask.io.holo_hdf5 import CUT_OFF_ATTR, CUT_OFF_ATTR_REFERENCE, read_complex
 

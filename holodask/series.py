@@ -137,8 +137,9 @@ class FrameSeries:
     def to_dataarray(self) -> "xr.DataArray":
         """The lazy ``(frame, y, x)`` DataArray (one frame per chunk)."""
         import dask.array as da
-        import xarray as xr
         from dask.highlevelgraph import HighLevelGraph
+
+        from holodask.accessor import xr
 
         n_frames, rows, cols = self.shape
         tasks = dict(self.graph)
@@ -324,7 +325,8 @@ def open_series(specs, params=None, *, indices=None, basepath=None) -> "xr.DataA
     indices : sequence of int, optional
         Series index of each frame (the ``frame`` coordinate); default 0..N-1.
     basepath : path, optional
-        Folder relative paths are taken from (default: current folder).
+        Folder relative paths are taken from (default: the current folder, also
+        when ``params`` come from a parameter file elsewhere).
 
     Returns
     -------
@@ -341,9 +343,6 @@ def open_series(specs, params=None, *, indices=None, basepath=None) -> "xr.DataA
         Missing or unreadable files, frames of differing shape or dtype, a
         calibration in a non-length unit without ``params.sampling_nm``.
     """
-    if basepath is None and params is not None:
-        base = getattr(params, "basepath", None)
-        basepath = base if base is not None and str(base) not in ("", ".") else None
     return series_from_sources(open_sources(specs, basepath), params, indices=indices)
 
 

@@ -244,7 +244,7 @@ class Averaged:
 
     def to_dataset(self) -> "xr.Dataset":
         """The result as an :class:`xarray.Dataset` (the names of :func:`holodask.open_result`)."""
-        import xarray as xr
+        from holodask.accessor import xr
 
         sy, sx = self.sampling_yx_nm
         ny, nx = self.data.shape
@@ -358,7 +358,7 @@ def _averaged(series: FrameSeries, params: HoloParams, fit, data, variance, samp
 def empty_dataset(empty: EmptyWave, params: HoloParams) -> "xr.Dataset":
     """The Dataset of a run with empty holograms only: the averaged empty wave (and the
     outliers replaced in each empty hologram, as ``outliers`` along ``frame``)."""
-    import xarray as xr
+    from holodask.accessor import xr
 
     empty = empty.compute()
     array = empty.to_dataarray()

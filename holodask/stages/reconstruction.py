@@ -450,7 +450,8 @@ def empty_for(empty, params: HoloParams, object_sampling: float | None = None) -
             raise DataError("empty: the Dataset holds no 'empty' wave")
         return _given_wave(empty["empty"])
     if empty is not None:
-        if np.iscomplexobj(np.empty(0, getattr(empty, "dtype", np.asarray(empty).dtype))):
+        dtype = empty.dtype if hasattr(empty, "dtype") else np.asarray(empty).dtype
+        if np.dtype(dtype).kind == "c":
             return _given_wave(empty)
         return reconstruct_empty(empty, params)
     if params.synthesize_empty:

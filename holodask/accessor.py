@@ -1,0 +1,259 @@
+"""The ``.holo`` accessor on xarray objects: what a holographer reads off a wave.
+
+``import holodask`` (or any stage that returns an xarray object) registers it::
+
+    waves = holodask.reconstruct(holograms, params)
+    waves.holo.phase                      # lazy, like the waves
+    waves.isel(frame=0).holo.unwrapped_phase()
+    holograms.isel(frame=0).holo.fft().holo.plot()   # spectrum with the sideband mask
+    result.holo.plot()                    # a result Dataset: amplitude, phase, variance, fit
+
+Phases are in rad, amplitudes in the wave's own units; ``y``/``x`` stay in nm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["HoloDataArrayAccessor", "HoloDatasetAccessor", "xr"]
+
+
+def _phase(values):
+    return np.angle(values).astype(np.float32)
+
+
+def _unwrap(values):
+    from skimage.restoration import unwrap_phase
+
+    return unwrap_phase(np.angle(values)).astype(np.float32)
+
+
+def _per_image(func):
+    """``func`` of a 2-D image applied to every image of an (..., y, x) block."""
+    def apply(block):
+        block = np.asarray(block)
+        out = np.empty(block.shape, dtype=np.float32)
+        for index in np.ndindex(block.shape[:-2]):
+            out[index] = func(block[index])
+        return out
+
+    return apply
+
+
+def _as_image_dims(array: xr.DataArray) -> xr.DataArray:
+    if "y" not in array.dims or "x" not in array.dims:
+        raise ValueError(f"expected an image with dims y and x, got {array.dims}")
+    return array
+
+
+def _extent(array: xr.DataArray):
+    """imshow extent and unit from the y/x coordinates."""
+    x, y = array.coords.get("x"), array.coords.get("y")
+    if x is None or y is None or x.size < 2 or y.size < 2:
+        return None, "px"
+    xv, yv = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    dx, dy = xv[1] - xv[0], yv[1] - yv[0]
+    unit = x.attrs.get("units", "px")
+    return (xv[0] - dx / 2, xv[-1] + dx / 2, yv[-1] + dy / 2, yv[0] - dy / 2), unit
+
+
+@xr.register_dataarray_accessor("holo")
+class HoloDataArrayAccessor:
+    """Holography on a DataArray: a complex wave (or stack of waves), a hologram, a spectrum."""
+
+    def __init__(self, array: xr.DataArray):
+        self._array = array
+
+    # ------------------------------------------------------------ derived maps
+    def _map(self, func, name: str, units: str, *, per_image: bool = False) -> xr.DataArray:
+        """``func`` on the values (image by image with ``per_image``), lazily where they are."""
+        import dask.array as da
+
+        array = self._array
+        if per_image:
+            _as_image_dims(array)
+            array = array.transpose(..., "y", "x")
+            func = _per_image(func)
+        data = array.data
+        if isinstance(data, da.Array):
+            if per_image:
+                data = data.rechunk({data.ndim - 2: -1, data.ndim - 1: -1})
+            values = data.map_blocks(func, dtype=np.float32, meta=np.empty((0,) * data.ndim, np.float32))
+        else:
+            values = func(np.asarray(data))
+        result = array.copy(data=values)
+        result.name = name
+        result.attrs = {"units": units, "long_name": name.replace("_", " ")}
+        return result
+
+    @property
+    def phase(self) -> xr.DataArray:
+        """The wrapped phase in rad (-pi..pi), lazy where the wave is."""
+        return self._map(_phase, "phase", "rad")
+
+    @property
+    def amplitude(self) -> xr.DataArray:
+        """The amplitude |psi|, lazy where the wave is."""
+        result = abs(self._array).astype(np.float32)
+        result.name = "amplitude"
+        result.attrs = {"long_name": "amplitude"}
+        return result
+
+    def unwrapped_phase(self) -> xr.DataArray:
+        """The phase unwrapped with :func:`skimage.restoration.unwrap_phase`, image by image (rad)."""
+        return self._map(_unwrap, "unwrapped_phase", "rad", per_image=True)
+
+    # ------------------------------------------------------------ spectrum
+    def fft(self, *, sideband_pos=None, cut_off=None, log: bool = True) -> xr.DataArray:
+        """The centred power spectrum of one hologram (or wave), with its sideband.
+
+        Parameters
+        ----------
+        sideband_pos : (x, y), optional
+            The sideband in pixels of the centred FFT (``sideband_pos``); default:
+            the stack's own, or found with :func:`holodask.find_sideband`.
+        cut_off : float, optional
+            Mask radius in 1/nm (``cut_off``); default: the stack's, or a third
+            of the carrier.
+        log : bool
+            ``log10(1 + |FFT|^2)`` (else the power itself).
+
+        Returns
+        -------
+        xarray.DataArray
+            Dims ``qy``/``qx`` (1/nm where the image is calibrated in nm, else
+            cycles/px) and the attributes ``sideband_pos_px``, ``cut_off_per_nm``
+            and ``sideband_confidence``, which :meth:`plot` draws as the mask.
+        """
+        from holodask.sideband import find_sideband
+
+        array = _as_image_dims(self._array)
+        if array.ndim != 2:
+            raise ValueError(f"fft: one image (y, x) at a time, got dims {array.dims}; select one, e.g. .isel(frame=0)")
+        values = np.asarray(array.values)
+        rows, cols = values.shape
+        x = array.coords.get("x")
+        sampling = float(x.values[1] - x.values[0]) if x is not None and x.size > 1 and \
+            x.attrs.get("units") == "nm" else None
+        found = find_sideband(values, sampling=sampling)
+        if sideband_pos is None:
+            sideband_pos = array.attrs.get("sideband_pos_px") or found.position
+        if cut_off is None:
+            cut_off = array.attrs.get("cut_off_per_nm") or found.cut_off
+        spectrum = np.fft.fftshift(np.fft.fft2(values - values.mean()))
+        power = np.abs(spectrum) ** 2
+        if log:
+            power = np.log10(1.0 + power)
+        step = 1.0 / sampling if sampling else 1.0
+        unit = "1/nm" if sampling else "1/px"
+        qy = (np.arange(rows) - rows // 2) / rows * step
+        qx = (np.arange(cols) - cols // 2) / cols * step
+        return xr.DataArray(
+            power.astype(np.float32), dims=("qy", "qx"), name="power",
+            coords={"qy": ("qy", qy, {"units": unit}), "qx": ("qx", qx, {"units": unit})},
+            attrs={"long_name": "log10(1 + power)" if log else "power",
+                   "sideband_pos_px": tuple(float(v) for v in sideband_pos),
+                   "cut_off_per_nm": float(cut_off) if cut_off is not None else None,
+                   "sideband_confidence": found.confidence, "spectrum_shape": (rows, cols)})
+
+    # ------------------------------------------------------------ pictures
+    def plot(self, ax=None, **kwargs):
+        """Draw the array with nm axes: a complex wave as amplitude and phase, a real
+        image as it is, a spectrum from :meth:`fft` with the sideband mask drawn on it.
+        A stack draws its first frame (or ``frame=`` k). Returns the matplotlib Figure
+        (shown inline in Jupyter)."""
+        array = self._array
+        if "qx" in array.dims:
+            return _plot_spectrum(array, ax)
+        if "frame" in array.dims:
+            array = array.isel(frame=int(kwargs.pop("frame", 0)))
+        array = _as_image_dims(array)
+        if np.iscomplexobj(np.empty(0, array.dtype)):
+            wave = array.compute()
+            return _plot_panels([(wave.holo.amplitude, "amplitude", "gray"),
+                                 (wave.holo.phase, "phase (rad)", "twilight")], ax)
+        return _plot_panels([(array.compute(), array.name or "", "gray")], ax)
+
+
+def _figure(n_panels: int, ax):
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        axes = np.atleast_1d(ax)
+        return axes[0].figure, list(axes)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.6 * n_panels, 4.0), layout="constrained", squeeze=False)
+    return fig, list(axes[0])
+
+
+def _plot_panels(panels, ax):
+    fig, axes = _figure(len(panels), ax)
+    for axis, (image, title, cmap) in zip(axes, panels):
+        extent, unit = _extent(image)
+        shown = axis.imshow(np.asarray(image.values), cmap=cmap, extent=extent, interpolation="nearest")
+        axis.set_title(title)
+        axis.set_xlabel(f"x ({unit})")
+        axis.set_ylabel(f"y ({unit})")
+        fig.colorbar(shown, ax=axis, shrink=0.8, label=image.attrs.get("units", ""))
+    return fig
+
+
+def _plot_spectrum(spectrum: xr.DataArray, ax):
+    from matplotlib.patches import Circle
+
+    fig, axes = _figure(1, ax)
+    axis = axes[0]
+    qx, qy = spectrum.coords["qx"].values, spectrum.coords["qy"].values
+    unit = spectrum.coords["qx"].attrs.get("units", "")
+    axis.imshow(spectrum.values, cmap="magma", origin="upper", interpolation="nearest",
+                extent=(qx[0], qx[-1], qy[-1], qy[0]))
+    rows, cols = spectrum.attrs.get("spectrum_shape", spectrum.shape)
+    x_px, y_px = spectrum.attrs.get("sideband_pos_px") or (None, None)
+    if x_px is not None:
+        step_x, step_y = qx[1] - qx[0], qy[1] - qy[0]
+        centre = (qx[0] + x_px * step_x, qy[0] + y_px * step_y)
+        axis.plot(*centre, "+", color="cyan", markersize=12)
+        cut_off = spectrum.attrs.get("cut_off_per_nm")
+        if cut_off and unit == "1/nm":
+            axis.add_patch(Circle(centre, cut_off, fill=False, color="cyan", linewidth=1.2))
+            axis.add_patch(Circle((0.0, 0.0), 2 * cut_off, fill=False, color="white", linestyle=":", linewidth=1))
+        confidence = spectrum.attrs.get("sideband_confidence")
+        title = f"spectrum: sideband [{x_px:.1f}, {y_px:.1f}] px"
+        if confidence is not None:
+            title += f", confidence {confidence:.2f}"
+        axis.set_title(title)
+    axis.set_xlabel(f"qx ({unit})")
+    axis.set_ylabel(f"qy ({unit})")
+    return fig
+
+
+@xr.register_dataset_accessor("holo")
+class HoloDatasetAccessor:
+    """Holography on a result Dataset (:func:`holodask.average`, :func:`holodask.open_result`)."""
+
+    def __init__(self, dataset: xr.Dataset):
+        self._dataset = dataset
+
+    def _wave(self) -> xr.DataArray:
+        for name in ("data", "empty"):
+            if name in self._dataset:
+                return self._dataset[name]
+        raise KeyError("the Dataset holds no 'data' or 'empty' wave")
+
+    @property
+    def phase(self) -> xr.DataArray:
+        return self._wave().holo.phase
+
+    @property
+    def amplitude(self) -> xr.DataArray:
+        return self._wave().holo.amplitude
+
+    def unwrapped_phase(self) -> xr.DataArray:
+        return self._wave().holo.unwrapped_phase()
+
+    def plot(self, *, unwrap: bool = True):
+        """The quick look of ``holodask show``: amplitude, phase (wrapped and unwrapped),
+        variance, the per-hologram fit and the convergence. Returns the Figure."""
+        from holodask.quicklook import render_result
+
+        return render_result(self._dataset, unwrap=unwrap)
