@@ -469,7 +469,8 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
     from holodask.average import stack_store
     from holodask.cluster import current_scratch
 
-    with stack_store(current_scratch()), HoloOutputFile(output, prefix=params.output_prefix) as out:
+    with stack_store(current_scratch()), HoloOutputFile(output, prefix=params.output_prefix,
+                                                        protected=params.protected_paths()) as out:
         empty = _empty_stage(params, objects, client)
         if empty.write and empty.wave is not None:
             out.write_dataset("empty", empty.wave, empty.attrs)
