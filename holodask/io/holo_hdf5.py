@@ -310,7 +310,7 @@ def _copy_attrs(source, destination) -> None:
             destination.attrs[key] = value
 
 
-def keep_objects(existing: h5py.Group, new: h5py.Group, replaced: set[str]) -> None:
+def keep_objects(existing: h5py.Group, new: h5py.Group, replaced: set[str], what: str = "output_prefix") -> None:
     """Copy every object of ``existing`` into ``new`` except those named in ``replaced``
     (full names without the leading ``/``) and what lies under them; groups that hold
     both kept and new objects are merged, attributes the new group lacks are copied."""
@@ -324,14 +324,14 @@ def keep_objects(existing: h5py.Group, new: h5py.Group, replaced: set[str]) -> N
         holds_replaced = any(r.startswith(full + "/") for r in replaced)
         if name in new:
             if is_group and isinstance(new.get(name), h5py.Group):
-                keep_objects(existing[name], new[name], replaced)
+                keep_objects(existing[name], new[name], replaced, what)
                 continue
             raise ParameterError(
-                f"output_prefix: {full!r} is a {'group' if is_group else 'dataset'} in the existing "
+                f"{what}: {full!r} is a {'group' if is_group else 'dataset'} in the existing "
                 f"output file and cannot hold what this run writes there"
             )
         if is_group and holds_replaced:
-            keep_objects(existing[name], new.create_group(name), replaced)
+            keep_objects(existing[name], new.create_group(name), replaced, what)
             continue
         _copy_link_or_object(existing, name, new)
 

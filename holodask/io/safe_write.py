@@ -148,8 +148,12 @@ def same_file_as(path, candidates: Iterable) -> str | None:
     symbolic and hard links too), or None. Candidates may be file specs (``?...`` is ignored)."""
     try:
         target = os.stat(path)
-    except OSError:
-        return None  # a file that does not exist is no existing file
+    except OSError:  # not there (yet): the same name is the same file
+        real = os.path.realpath(path)
+        for candidate in candidates:
+            if candidate is not None and os.path.realpath(os.fspath(candidate).partition("?")[0]) == real:
+                return os.fspath(candidate).partition("?")[0]
+        return None
     for candidate in candidates:
         if candidate is None:
             continue
