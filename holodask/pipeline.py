@@ -65,9 +65,12 @@ SATURATION_FRACTION = 1e-3
 
 def _open(series_spec, params: HoloParams) -> FrameSeries:
     """Open a SeriesSpec (headers only): its frames as tasks of a graph, with series indices."""
+    from holodask.checks import check_hologram_frame, check_hologram_series
     from holodask.series import open_frame_series
 
-    return open_frame_series(series_spec, params, basepath=params.basepath)
+    series = open_frame_series(series_spec, params, basepath=params.basepath, check=check_hologram_frame)
+    check_hologram_series(series, params)  # real pixels; fringes at the sideband (first frame)
+    return series
 
 
 def _repair(series: FrameSeries, params: HoloParams, client):

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from holodask.errors import ParameterError
+from holodask.errors import DataError, InputFileError, ParameterError
 from holodask.io.registry import FrameSource, open_source
 
 HELP = "show shape, pixel type, frames and calibration of image files (and the sideband with --fft)"
@@ -70,6 +70,42 @@ def describe(source: FrameSource) -> list[tuple[str, str]]:
     ]
 
 
+#: ``--fft`` transforms at most this many pixels per side (the central part of larger frames)
+MAX_FFT_SIDE = 4096
+
+
+def sideband_of(source: FrameSource, index: int) -> tuple[tuple[float, float], str]:
+    """The sideband position [x, y] of frame ``index`` in the centred FFT of the whole frame,
+    and a note where it was found in the central :data:`MAX_FFT_SIDE` px only (read alone,
+    in bounded memory, whatever size the file declares)."""
+    from holodask.limits import MAX_FRAME_PIXELS
+    from holodask.sideband import find_sideband
+
+    try:
+        return _sideband_of(source, index, find_sideband, MAX_FRAME_PIXELS)
+    except DataError as exc:
+        raise DataError(f"{source.spec} (frame {index}): {exc}") from None
+
+
+def _sideband_of(source: FrameSource, index: int, find_sideband, max_pixels: int):
+    rows, cols = (int(n) for n in source.shape)
+    h, w = min(rows, MAX_FFT_SIDE), min(cols, MAX_FFT_SIDE)
+    if (h, w) == (rows, cols):
+        return find_sideband(source.read_frame(index)), ""
+    if not source.reads_regions and rows * cols > max_pixels:
+        raise InputFileError(
+            f"{source.spec}: frames of {rows} x {cols} px are too large for --fft "
+            f"(this reader reads whole frames; at most {max_pixels / 1e6:.0f} M pixels)"
+        )
+    top, left = (rows - h) // 2, (cols - w) // 2
+    part = source.read_region(index, slice(top, top + h), slice(left, left + w))
+    x_part, y_part = find_sideband(part)
+    # the same spatial frequency in the centred FFT of the whole frame
+    x = cols // 2 + (x_part - w // 2) * cols / w
+    y = rows // 2 + (y_part - h // 2) * rows / h
+    return (x, y), f"; from the central {h} x {w} px"
+
+
 def _result_summary(spec: str, prefix: str | None) -> str | None:
     """Summary of a result file (holodask or holoaverage output), else ``None``."""
     if "?" in spec:
@@ -94,14 +130,12 @@ def run(args: argparse.Namespace) -> int:
         source = open_source(spec)
         lines = describe(source)
         if args.fft:
-            from holodask.sideband import find_sideband
-
             if not 0 <= args.frame < source.n_frames:
                 raise ParameterError(
                     f"--frame: expected 0 to {source.n_frames - 1}, got {args.frame}"
                 )
-            x, y = find_sideband(source.read_frame(args.frame))
-            lines.append(("sideband", f"[{x:.1f}, {y:.1f}]  (x, y in the centred FFT, upper)"))
+            (x, y), note = sideband_of(source, args.frame)
+            lines.append(("sideband", f"[{x:.1f}, {y:.1f}]  (x, y in the centred FFT, upper){note}"))
         if number:
             print()
         width = max(len(label) for label, _ in lines) + 1
