@@ -207,7 +207,8 @@ def add_scheduler_arguments(parser) -> None:
     group.add_argument("--memory-limit", metavar="SIZE",
                        help="memory limit of each local worker, e.g. 4GB")
     group.add_argument("--scheduler", metavar="ADDRESS_OR_FILE",
-                       help="use a running Dask scheduler: tcp://HOST:PORT or a scheduler file")
+                       help="use a running Dask scheduler: tcp://HOST:PORT, tls://HOST:PORT (credentials "
+                            "from Dask's distributed.comm.tls configuration) or a scheduler file")
     group.add_argument("--cluster-config", metavar="FILE",
                        help="YAML file for the batch-job cluster (see configs/slurm.yaml)")
     group.add_argument("--jobs", type=_positive_int, metavar="N",

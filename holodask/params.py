@@ -827,8 +827,8 @@ def expand_names(
         )
     excluded = set(exclude)
     outside = sorted(i for i in excluded if not first <= i <= last)
-    _check_series_length(f"{prefix}_first'..'{prefix}_last", last - first + 1 - (len(excluded) - len(outside)),
-                         f"indices ({first}..{last})")
+    _check_series_length(f"{prefix}_last", last - first + 1 - (len(excluded) - len(outside)),
+                         f"indices ({prefix}_first..{prefix}_last = {first}..{last})")
     if outside:
         warnings.warn(
             f"parameter '{prefix}_exclude': indices {outside} lie outside "

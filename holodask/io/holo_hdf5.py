@@ -8,10 +8,12 @@ subgroups). Complex images are stored as the 8-byte compound of two float32
 members ``r`` (offset 0) and ``i`` (offset 4), which h5py reads back as
 complex64.
 
-Writes are atomic: :class:`HoloOutputFile` works on a temporary file in the
-destination folder (a copy of the existing file, if there is one) and moves it
-into place with :func:`os.replace` only when the ``with`` block ends without an
-exception. On an exception or an interrupt the temporary file is removed and an
+Writes are atomic, checked and locked (:mod:`holodask.io.safe_write`):
+:class:`HoloOutputFile` writes a new temporary file in the destination folder;
+when the ``with`` block ends without an exception, the objects of an existing
+file are copied into it, except the result under the prefix (see
+:data:`RESULT_NAMES`), and it is moved into place with :func:`os.replace`, under
+a lock. On an exception or an interrupt the temporary file is removed and an
 earlier file is left untouched. If the writing process is killed outright
 (SIGKILL), a small watcher process started with the file removes the temporary
 file as soon as the writer's end of a pipe closes.

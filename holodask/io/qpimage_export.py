@@ -26,7 +26,7 @@ from holodask import __version__
 from holodask.constants import electron_wavelength_nm
 from holodask.errors import DataError, ParameterError
 from holodask.io.holo_hdf5 import HoloOutputFile, check_output_path
-from holodask.io.safe_write import same_file_as
+from holodask.io.safe_write import AtomicOutput, same_file_as
 
 #: refractive index of the medium: electrons travel in vacuum
 MEDIUM_INDEX = 1.0
@@ -211,6 +211,8 @@ def check_run_export(params, output_path, voltage_kV=None) -> Path | None:
         if match is not None:
             raise ParameterError(f"output_qpimage: {target} would overwrite the input {match}; "
                                  "set 'output_qpimage' to another file")
+        # every check of the writer, before the run
+        AtomicOutput(target, what="output_qpimage", kind="hdf5", accept_existing=not_a_qpimage).check()
     return out_path
 
 

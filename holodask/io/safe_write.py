@@ -370,9 +370,10 @@ def _write_error(target: Path, what: str | None, exc: OSError) -> InputFileError
     return InputFileError(f"{_label(what)}cannot write output file {target}: {reason}")
 
 
-def _mentions(exc: BaseException, temp: Path | None) -> bool:
-    return temp is not None and (temp.name in str(exc) or isinstance(exc, OSError) and exc.filename
-                                 and Path(str(exc.filename)).name == temp.name)
+def _mentions(exc: BaseException, names: tuple[str, ...]) -> bool:
+    """Whether an error is about the temporary file (by its name or its /proc/self/fd name)."""
+    text = f"{exc} {getattr(exc, 'filename', '') or ''}"
+    return any(name and name in text for name in names)
 
 
 # ----------------------------------------------------------------------------- the writer
@@ -434,11 +435,12 @@ class AtomicOutput:
             self.commit()
             return False
         self.abort()
-        if isinstance(exc, OSError) and not isinstance(exc, HolodaskError) and _mentions(exc, self._last_temp):
+        if isinstance(exc, OSError) and not isinstance(exc, HolodaskError) and _mentions(exc, self._temp_names):
             raise _write_error(self.path, self.what, exc) from exc
         return False
 
-    _last_temp: Path | None = None
+    #: the names the temporary file went by (for errors raised after it is gone)
+    _temp_names: tuple[str, ...] = ()
 
     # -- checks ----------------------------------------------------------------------
     def check(self) -> Path:
@@ -472,7 +474,7 @@ class AtomicOutput:
             raise InputFileError(f"{_label(self.what)}output file {path} exists but cannot be read")
         test, called = KINDS[self.kind]
         try:
-            right_kind = test(path)
+            right_kind = info.st_size == 0 or test(path)  # an empty file holds nothing to lose
         except OSError:
             right_kind = False
         if not right_kind:
@@ -480,7 +482,7 @@ class AtomicOutput:
                 f"{_label(self.what)}output file {path} exists and is not {called}; "
                 "holodask does not overwrite it (remove it or choose another name)"
             )
-        if self.accept_existing is not None:
+        if self.accept_existing is not None and info.st_size:
             reason = self.accept_existing(path)
             if reason:
                 raise InputFileError(
@@ -492,6 +494,10 @@ class AtomicOutput:
                 f"{_label(self.what)}output file {path} is read-only; holodask does not replace it "
                 "(make it writable or choose another name)"
             )
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid() and not getattr(self, "_said_owner", False):
+            self._said_owner = True
+            warnings.warn(f"{_label(self.what)}output file {path} belongs to another user (uid {info.st_uid}); "
+                          "it is replaced by a file of yours", UserWarning, stacklevel=4)
         writers = writers_of(path)
         if writers:
             raise InputFileError(
@@ -516,7 +522,8 @@ class AtomicOutput:
                 raise _write_error(self.path, self.what, exc) from None
         else:  # pragma: no cover - a hundred random names taken
             raise InputFileError(f"{_label(self.what)}cannot create a temporary file beside {self.path}")
-        self.temp_path = self._last_temp = temp
+        self.temp_path = temp
+        self._temp_names = (temp.name, f"/proc/self/fd/{self._fd}")
         self._watcher = _TempWatcher(temp)
 
     def open_name(self) -> str:
@@ -536,7 +543,7 @@ class AtomicOutput:
             try:
                 self._check_existing(self.path)  # it may have changed while we computed
                 existing = self.path.exists()
-                if existing and self.merge is not None:
+                if existing and self.merge is not None and os.path.getsize(self.path):
                     self.merge(self.open_name(), self.path)
                 self._settle(existing)
                 self._check_temp_is_ours()
