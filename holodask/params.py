@@ -813,6 +813,12 @@ def expand_names(
                 f"{prefix}_names = {names!r} names one file (a whole series)"
             )
         return SeriesSpec(specs=(_absolute_spec(names % (), base),), indices=(0,))
+    return _expand_range(name, prefix, names, first, last, exclude, base)
+
+
+def _expand_range(name: str, prefix: str, names: str, first: int | None, last: int | None,
+                  exclude: tuple[int, ...], base: Path) -> SeriesSpec:
+    """The pattern ``names`` over ``first..last`` without ``exclude``."""
     if first is None or last is None:
         missing = [f"{prefix}_{k}" for k, v in (("first", first), ("last", last)) if v is None]
         raise ParameterError(
@@ -834,7 +840,7 @@ def expand_names(
             f"parameter '{prefix}_exclude': indices {outside} lie outside "
             f"{prefix}_first..{prefix}_last ({first}..{last}); ignored",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     indices = tuple(i for i in range(first, last + 1) if i not in excluded)
     if not indices:

@@ -71,7 +71,7 @@ def describe(source: FrameSource) -> list[tuple[str, str]]:
 
 
 #: ``--fft`` transforms at most this many pixels per side (the central part of larger frames)
-MAX_FFT_SIDE = 4096
+MAX_FFT_SIDE = 2048
 
 
 def sideband_of(source: FrameSource, index: int) -> tuple[tuple[float, float], str]:
