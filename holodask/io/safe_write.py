@@ -30,7 +30,6 @@ Every file holodask writes (the run's result, ``output_qpimage`` and
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import secrets
 import shutil
@@ -43,6 +42,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from holodask.errors import HolodaskError, InputFileError, ParameterError
+
+try:  # POSIX; elsewhere there are no flock locks to take or to detect
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 __all__ = [
     "AtomicOutput",
@@ -235,8 +239,10 @@ def writers_of(path: Path) -> list[str]:
     lock, any ``flock``) and this user's processes that opened it for writing. Empty
     where nobody does (or where it cannot be told)."""
     found = []
+    if fcntl is None:
+        return found
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return found
     try:
@@ -311,7 +317,8 @@ class _FileLock:
             except OSError as exc:
                 raise _write_error(self.target, self.what, exc) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 waited = time.monotonic() - started
@@ -562,10 +569,10 @@ class AtomicOutput:
 
     def _settle(self, existing: bool) -> None:
         """The new file's mode (an existing file's, else 0666 less the umask) and data on disk."""
-        if existing:
+        if existing and hasattr(os, "fchmod"):
             info = os.stat(self.path)
             os.fchmod(self._fd, stat.S_IMODE(info.st_mode))
-            if info.st_gid != os.fstat(self._fd).st_gid:
+            if hasattr(os, "fchown") and info.st_gid != os.fstat(self._fd).st_gid:
                 try:
                     os.fchown(self._fd, -1, info.st_gid)
                 except OSError:
