@@ -15,7 +15,7 @@ import warnings
 from importlib import import_module
 
 from holodask import __version__
-from holodask.errors import HolodaskError
+from holodask.errors import HolodaskError, Terminated
 
 #: sub-command name -> module, in the order ``--help`` lists them
 COMMANDS = {
@@ -76,6 +76,43 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 SINGLE_THREADED_LIBRARIES = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
+#: signals handled like Ctrl-C: files being written are removed, earlier files stay intact
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _raise_terminated(signum, frame):
+    import signal
+
+    signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+    raise Terminated(signum)
+
+
+def _handle_stop_signals() -> dict:
+    """Turn SIGTERM (and SIGHUP, unless ignored as under nohup) into :class:`Terminated`
+    in the main thread; the previous handlers, to be restored."""
+    import signal
+    import threading
+
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for name in STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None or signal.getsignal(signum) is signal.SIG_IGN:
+            continue
+        previous[signum] = signal.signal(signum, _raise_terminated)
+    return previous
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     import os
@@ -96,14 +133,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(getattr(args, "verbose", 0) or 0)
     warnings.showwarning = _show_warning
+    previous = _handle_stop_signals()
     try:
         return int(args._run(args) or 0)
     except HolodaskError as exc:
         print(f"holodask: error: {exc}", file=sys.stderr)
         return 1
+    except Terminated as exc:
+        print(f"holodask: stopped by {_signal_name(exc.signum)}; the files being written were removed, "
+              "earlier files are intact", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("holodask: interrupted; no output was written", file=sys.stderr)
+        print("holodask: interrupted; the files being written were removed, earlier files are intact",
+              file=sys.stderr)
         return 130
+    finally:
+        import signal
+
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

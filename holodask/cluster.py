@@ -32,6 +32,8 @@ import contextvars
 import inspect
 import logging
 import os
+import re
+import shlex
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -73,6 +75,11 @@ INSTALL_HINT = (
 )
 
 DEFAULT_WAIT_FOR_WORKERS_S = 300.0
+#: the dashboard of the clusters holodask starts: this machine only, unless asked
+DEFAULT_DASHBOARD = "127.0.0.1:8787"
+#: where dask-jobqueue writes the temporary TLS credentials the batch jobs read (in the home folder,
+#: which the nodes share; created private)
+DEFAULT_TLS_FOLDER = "~/.cache/holodask/tls"
 PROGRESS_MINIMUM_S = 1.0
 
 
@@ -108,6 +115,15 @@ class SchedulerOptions:
         Existing client to use as is; it is not closed afterwards.
     wait_for_workers_s : float
         How long to wait for the first batch-job worker.
+    dashboard_address : str
+        Where the dashboard of a cluster holodask starts listens (default
+        ``127.0.0.1:8787``, this machine only; ``:8787`` for every interface).
+    tls : bool
+        Clusters holodask starts use TLS: the credentials configured for Dask
+        (``distributed.comm.tls``), else temporary ones made for the run
+        (``Security.temporary()``). False: plain tcp, open to whoever reaches the port.
+    protected : tuple of paths
+        Files the performance report must not overwrite (the run's inputs and outputs).
     """
 
     cluster: str | None = None
@@ -122,6 +138,9 @@ class SchedulerOptions:
     scratch: str | os.PathLike | None = None
     client: Any = field(default=None, repr=False)
     wait_for_workers_s: float | None = None
+    dashboard_address: str | None = None
+    tls: bool = True
+    protected: tuple = ()
 
     def __post_init__(self) -> None:
         if self.cluster is not None:
@@ -188,7 +207,8 @@ def add_scheduler_arguments(parser) -> None:
     group.add_argument("--memory-limit", metavar="SIZE",
                        help="memory limit of each local worker, e.g. 4GB")
     group.add_argument("--scheduler", metavar="ADDRESS_OR_FILE",
-                       help="use a running Dask scheduler: tcp://HOST:PORT or a scheduler file")
+                       help="use a running Dask scheduler: tcp://HOST:PORT, tls://HOST:PORT (credentials "
+                            "from Dask's distributed.comm.tls configuration) or a scheduler file")
     group.add_argument("--cluster-config", metavar="FILE",
                        help="YAML file for the batch-job cluster (see configs/slurm.yaml)")
     group.add_argument("--jobs", type=_positive_int, metavar="N",
@@ -199,6 +219,12 @@ def add_scheduler_arguments(parser) -> None:
                        help="save Dask's performance report (uses a distributed scheduler)")
     group.add_argument("--scratch", metavar="DIR",
                        help="folder for temporary and spilled data")
+    group.add_argument("--dashboard-address", metavar="HOST:PORT",
+                       help=f"where the dashboard of a cluster holodask starts listens "
+                            f"(default {DEFAULT_DASHBOARD}: this machine only; ':8787' for every interface)")
+    group.add_argument("--no-tls", dest="tls", action="store_false", default=None,
+                       help="clusters holodask starts talk plain tcp instead of TLS (anyone who reaches "
+                            "their ports can then run code as you)")
 
 
 def _positive_int(text: str) -> int:
@@ -305,7 +331,75 @@ def load_cluster_config(config, kind: str) -> dict[str, Any]:
         value = result.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ParameterError(f"{where}: {name} must be a positive integer, got {value!r}")
-    return result
+    return check_job_script_values(result, where)
+
+
+#: config keys whose values go into the shell command that starts the workers in the job script
+_COMMAND_KEYS = ("python", "worker_command", "name", "death_timeout", "local_directory", "interface",
+                 "worker_extra_args")
+#: config keys whose values go into a directive line of the job script (``#SBATCH -p VALUE``)
+_DIRECTIVE_KEYS = ("queue", "account", "project", "walltime", "job_name", "job_cpu", "job_mem",
+                   "resource_spec", "log_directory")
+#: a shell word that needs no quoting; ``$NAME`` and ``${NAME}`` (expanded in the job) allowed
+_PLAIN_WORD = re.compile(r"(?:[A-Za-z0-9_@%+=:,./~-]|\$[A-Za-z_][A-Za-z0-9_]*|\$\{[A-Za-z_][A-Za-z0-9_]*\})+")
+_DIRECTIVE_WORD = re.compile(r"[^\s;&|<>`$()'\"\\]+")
+
+
+def _line_breaks(where: str, key: str, value: Any) -> None:
+    """Refuse a line break (or NUL) anywhere in a config value: it would start a new
+    line, that is a new shell command, in the job script."""
+    if isinstance(value, str):
+        if any(c in value for c in "\n\r\0"):
+            raise ParameterError(
+                f"{where}: {key} holds a line break ({value!r}); every value of a job script "
+                "is one line (give several lines as a list)"
+            )
+    elif isinstance(value, Mapping):
+        for sub_key, item in value.items():
+            _line_breaks(where, f"{key}.{sub_key}", item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _line_breaks(where, key, item)
+
+
+def _shell_word(where: str, key: str, value: Any) -> Any:
+    """A value of the worker's command line as one safe shell word (quoted where needed)."""
+    if not isinstance(value, str) or _PLAIN_WORD.fullmatch(value):
+        return value
+    if "$" in value or "`" in value:
+        raise ParameterError(
+            f"{where}: {key} = {value!r} holds shell syntax; it goes into the command line of "
+            "the job script: give a plain value (a $NAME or ${NAME} alone is expanded)"
+        )
+    return shlex.quote(value)
+
+
+def check_job_script_values(config: dict[str, Any], where: str = "cluster_config") -> dict[str, Any]:
+    """Validate (and quote) the values that dask-jobqueue writes into job scripts unquoted.
+
+    No value may hold a line break; a directive value (``queue``, ``account``,
+    ``walltime``, ...) is one word without shell characters; values of the
+    worker's command line (``local_directory``, ``interface``, ``python``,
+    ``worker_extra_args``, ...) are quoted where they are not plain words.
+    """
+    for key, value in config.items():
+        _line_breaks(where, key, value)
+    checked = dict(config)
+    for key in _DIRECTIVE_KEYS:
+        value = checked.get(key)
+        if isinstance(value, str) and not _DIRECTIVE_WORD.fullmatch(value):
+            raise ParameterError(
+                f"{where}: {key} = {value!r} must be one word without spaces or shell characters "
+                "(it becomes a directive of the job script; further directives go into "
+                "job_extra_directives)"
+            )
+    for key in _COMMAND_KEYS:
+        value = checked.get(key)
+        if isinstance(value, (list, tuple)):
+            checked[key] = [_shell_word(where, key, item) for item in value]
+        elif value is not None:
+            checked[key] = _shell_word(where, key, value)
+    return checked
 
 
 #: malloc settings of the worker processes. Dask's nanny sets MALLOC_TRIM_THRESHOLD_
@@ -365,7 +459,39 @@ def register_worker_setup(client) -> None:
         logger.debug("could not register the worker set-up plugin", exc_info=True)
 
 
-def make_job_cluster(kind: str, config=None, *, scratch=None, **overrides):
+def cluster_security(tls: bool = True):
+    """The security of a cluster holodask starts: Dask's configured TLS credentials
+    (``distributed.comm.tls``) where there are some, else temporary ones made now
+    (``Security.temporary()``); ``None`` (plain tcp) when ``tls`` is False."""
+    if not tls:
+        return None
+    from distributed.security import Security
+
+    configured = Security()
+    if configured.tls_ca_file and (configured.tls_scheduler_cert or configured.tls_worker_cert):
+        return configured
+    try:
+        return Security.temporary()
+    except ImportError:
+        raise ParameterError(
+            "tls: the temporary TLS credentials of a cluster need the package 'cryptography' "
+            "(pip install cryptography), or configure Dask's TLS (distributed.comm.tls); "
+            "--no-tls starts the cluster without encryption or authentication"
+        ) from None
+
+
+def _private_folder(path: str | os.PathLike) -> str:
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise ParameterError(f"shared_temp_directory: cannot create folder {folder}: {exc.strerror or exc}") from None
+    return str(folder)
+
+
+def make_job_cluster(kind: str, config=None, *, scratch=None, tls: bool = True, dashboard_address=None,
+                     **overrides):
     """Build (without submitting any job) the dask-jobqueue cluster for ``kind``.
 
     ``config`` is a YAML path or mapping (see :func:`load_cluster_config`);
@@ -373,6 +499,13 @@ def make_job_cluster(kind: str, config=None, *, scratch=None, **overrides):
     replace any key.  Holodask's own keys (``jobs``,
     ``wait_for_workers_s``) are dropped.  Use ``cluster.job_script()`` to see the
     job script.
+
+    The scheduler and the workers talk TLS (:func:`cluster_security`; the
+    workers read temporary credentials from ``shared_temp_directory``, by
+    default the private folder :data:`DEFAULT_TLS_FOLDER`), and the dashboard
+    listens on this machine only (``dashboard_address``, or the config's
+    ``scheduler_options``, say otherwise). Values that go into the job script
+    are checked (:func:`check_job_script_values`).
     """
     kwargs = load_cluster_config(config, kind)
     for name in HOLODASK_CONFIG_KEYS:
@@ -380,6 +513,7 @@ def make_job_cluster(kind: str, config=None, *, scratch=None, **overrides):
     if scratch is not None:  # the command line beats the file
         kwargs["local_directory"] = str(scratch)
     kwargs.update(overrides)
+    kwargs = check_job_script_values(kwargs, "cluster_config")
     prologue = list(kwargs.get("job_script_prologue") or [])
     for key, value in WORKER_ENVIRONMENT.items():
         if not any(key in line for line in prologue):
@@ -387,6 +521,16 @@ def make_job_cluster(kind: str, config=None, *, scratch=None, **overrides):
     kwargs["job_script_prologue"] = prologue
     if "log_directory" in kwargs and kwargs["log_directory"]:
         Path(kwargs["log_directory"]).expanduser().mkdir(parents=True, exist_ok=True)
+    scheduler_options = dict(kwargs.get("scheduler_options") or {})
+    scheduler_options.setdefault("dashboard_address", dashboard_address or DEFAULT_DASHBOARD)
+    kwargs["scheduler_options"] = scheduler_options
+    if tls and kwargs.get("security", True) not in (False, None):
+        kwargs["security"] = cluster_security()
+        kwargs.setdefault("protocol", "tls://")
+        kwargs["shared_temp_directory"] = _private_folder(kwargs.get("shared_temp_directory")
+                                                          or DEFAULT_TLS_FOLDER)
+    elif kwargs.get("security") in (True, False):
+        kwargs.pop("security")
     cls = job_cluster_class(kind)
     try:
         return cls(**kwargs)
@@ -445,6 +589,14 @@ def _connect(options: SchedulerOptions):
             return Client(scheduler_file=str(as_file), timeout="20s")
         if "://" in target or (":" in target and "/" not in target):
             return Client(target, timeout="20s")
+    except TypeError as exc:
+        if "TLS" not in str(exc):
+            raise
+        raise ParameterError(
+            f"scheduler: {target} talks TLS; give the client credentials in Dask's configuration "
+            "(distributed.comm.tls.ca-file, .client.cert and .client.key, or the environment "
+            "variables DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT, ..._CLIENT__KEY)"
+        ) from None
     except (OSError, TimeoutError) as exc:
         raise ParameterError(f"scheduler: cannot connect to {target}: {exc}") from None
     raise ParameterError(
@@ -459,8 +611,13 @@ def _start_local(options: SchedulerOptions, scratch: Path | None, stack: context
         raise ParameterError(
             f"cluster_config: applies to --cluster {'/'.join(JOB_CLUSTER_KINDS)}, not to a local cluster"
         )
-    # env: set in each worker process after Dask's own pre-spawn settings
-    kwargs: dict[str, Any] = {"processes": True, "env": dict(WORKER_ENVIRONMENT)}
+    # env: set in each worker process after Dask's own pre-spawn settings; scheduler and dashboard
+    # on this machine only, talking TLS (other users of a shared login node cannot connect)
+    kwargs: dict[str, Any] = {"processes": True, "env": dict(WORKER_ENVIRONMENT), "host": "127.0.0.1",
+                              "dashboard_address": options.dashboard_address or DEFAULT_DASHBOARD}
+    security = cluster_security(options.tls)
+    if security is not None:
+        kwargs.update(security=security, protocol="tls://")
     if options.workers is not None:
         kwargs["n_workers"] = options.workers
     if options.threads_per_worker is not None:
@@ -475,7 +632,7 @@ def _start_local(options: SchedulerOptions, scratch: Path | None, stack: context
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"memory_limit/workers: cannot start a local cluster: {exc}") from None
     stack.callback(cluster.close)
-    client = Client(cluster)
+    client = Client(cluster, security=security)
     stack.callback(client.close)
     return client
 
@@ -509,9 +666,10 @@ def _start_job_cluster(options: SchedulerOptions, scratch: Path | None, stack: c
     config = load_cluster_config(options.cluster_config, kind)
     jobs = options.jobs or config.get("jobs") or 1
     wait_s = options.wait_for_workers_s or config.get("wait_for_workers_s") or DEFAULT_WAIT_FOR_WORKERS_S
-    cluster = make_job_cluster(kind, config, scratch=scratch)
+    cluster = make_job_cluster(kind, config, scratch=scratch, tls=options.tls,
+                               dashboard_address=options.dashboard_address)
     stack.callback(cluster.close)
-    client = Client(cluster)
+    client = Client(cluster, security=getattr(cluster, "security", None))
     stack.callback(client.close)
     logger.debug("job script:\n%s", cluster.job_script())
     cluster.scale(jobs=jobs)
@@ -559,9 +717,13 @@ def compute_context(options: SchedulerOptions | None = None, **kwargs) -> Iterat
     progress = _show_progress(options)
     report = None
     if options.report is not None:
-        report = Path(options.report).expanduser()
-        if not report.parent.is_dir():
-            raise ParameterError(f"report: folder {report.parent} does not exist")
+        from holodask.io.safe_write import AtomicOutput
+
+        report_path = Path(options.report).expanduser()
+        if not report_path.parent.is_dir():
+            raise ParameterError(f"report: folder {report_path.parent} does not exist")
+        report = AtomicOutput(report_path, what="--report", kind="html", protected=options.protected)
+        report.check()  # before any cluster starts
 
     with contextlib.ExitStack() as stack:
         if kind == "threads":
@@ -589,16 +751,35 @@ def compute_context(options: SchedulerOptions | None = None, **kwargs) -> Iterat
             else:
                 client = _start_job_cluster(options, scratch, stack)
             stack.enter_context(client.as_current())
-            link = getattr(client, "dashboard_link", None)
+            link = _dashboard_link(client, options, kind)
             if link:
                 _say(options, f"Dask dashboard: {link}")
             if report is not None:
                 from distributed import performance_report
 
-                stack.enter_context(performance_report(filename=str(report)))
+                stack.enter_context(report)  # written when complete, through the checked writer
+                stack.enter_context(performance_report(filename=str(report.temp_path)))
         token = _STATE.set(_ComputeState(client=client, progress=progress, scratch=scratch))
         stack.callback(_STATE.reset, token)
         yield client
+
+
+def _dashboard_link(client, options: SchedulerOptions, kind: str) -> str | None:
+    """The dashboard's address as it listens: a cluster holodask started listens on
+    127.0.0.1 unless asked otherwise, whatever host name the scheduler's address has."""
+    link = getattr(client, "dashboard_link", None)
+    if not link or kind in ("client", "scheduler") or options.dashboard_address:
+        return link
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(link)
+    host = DEFAULT_DASHBOARD.rsplit(":", 1)[0]
+    if kind != "local":
+        scheduler_options = load_cluster_config(options.cluster_config, kind).get("scheduler_options") or {}
+        if "dashboard_address" in scheduler_options:
+            return link
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{host}{port}"))
 
 
 def current_client():

@@ -25,3 +25,15 @@ class InputFileError(HolodaskError, OSError):
 
 class DataError(HolodaskError, ValueError):
     """Pixel data cannot be processed (NaN/Inf pixels, inconsistent frames, ...)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop by a signal (SIGTERM: a batch system's walltime, ``kill``).
+
+    A :class:`KeyboardInterrupt`, so that everything that cleans up after Ctrl-C (temporary
+    files, clusters, batch jobs) does so here too.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
-import pickle
 import platform
 import sys
 import tempfile
@@ -125,19 +124,64 @@ def _machine() -> str:
 
 def _wisdom_name(key: tuple) -> str:
     """File name of the plans of one transform (``key`` of :func:`_plan`)."""
-    return hashlib.sha1(repr((key, _machine())).encode()).hexdigest()[:24] + ".pickle"
+    return hashlib.sha1(repr((key, _machine())).encode()).hexdigest()[:24] + ".wisdom"
+
+
+#: first line of a plan file: FFTW's own wisdom follows as bytes (never pickled objects)
+_WISDOM_MAGIC = b"holodask fftw wisdom 1\n"
+#: a plan file is a few kB; anything much larger is not one of ours
+_WISDOM_MAX_BYTES = 1 << 20
+
+
+def _encode_wisdom(wisdom: tuple) -> bytes:
+    """FFTW's exported wisdom (double, single, long double: bytes each) as one file's content."""
+    parts = [bytes(part) for part in wisdom]
+    return _WISDOM_MAGIC + b"".join(len(part).to_bytes(8, "big") + part for part in parts)
+
+
+def _decode_wisdom(data: bytes):
+    """The wisdom tuple of a plan file, or None where the content is not one."""
+    if not data.startswith(_WISDOM_MAGIC):
+        return None
+    parts, position = [], len(_WISDOM_MAGIC)
+    for _ in range(3):
+        if position + 8 > len(data):
+            return None
+        size = int.from_bytes(data[position:position + 8], "big")
+        position += 8
+        if position + size > len(data):
+            return None
+        parts.append(data[position:position + size])
+        position += size
+    if position != len(data) or not all(p == b"" or p.startswith(b"(fftw") for p in parts):
+        return None
+    return tuple(parts)
 
 
 def _read_wisdom(name: str):
-    """The stored plans of one transform, or None (absent, damaged or foreign)."""
+    """The stored plans of one transform, or None (absent, damaged, foreign, or in a folder
+    or file that another user could have written)."""
     if not _wisdom_enabled():
         return None
     try:
-        with open(os.path.join(WISDOM_DIR, name), "rb") as file:
-            wisdom = pickle.load(file)
-        return wisdom if isinstance(wisdom, tuple) and len(wisdom) == 3 else None
-    except Exception:  # a damaged or foreign cache only costs planning time
+        folder = os.stat(WISDOM_DIR)
+        if not _trusted(folder):
+            return None
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(os.path.join(WISDOM_DIR, name), flags)
+        with os.fdopen(fd, "rb") as file:
+            if not _trusted(os.fstat(file.fileno())):
+                return None
+            data = file.read(_WISDOM_MAX_BYTES + 1)
+    except OSError:  # absent or unreadable: only costs planning time
         return None
+    return _decode_wisdom(data) if len(data) <= _WISDOM_MAX_BYTES else None
+
+
+def _trusted(info: os.stat_result) -> bool:
+    """Owned by this user (or root) and writable by nobody else."""
+    uid = os.geteuid() if hasattr(os, "geteuid") else None
+    return (uid is None or info.st_uid in (uid, 0)) and not info.st_mode & 0o022
 
 
 def _save_wisdom() -> None:
@@ -149,10 +193,12 @@ def _save_wisdom() -> None:
         _unsaved.clear()
     for name, wisdom in unsaved.items():
         try:
-            os.makedirs(WISDOM_DIR, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=WISDOM_DIR, prefix=".plan-")
+            os.makedirs(WISDOM_DIR, mode=0o700, exist_ok=True)
+            if not _trusted(os.stat(WISDOM_DIR)):
+                return
+            handle, temp = tempfile.mkstemp(dir=WISDOM_DIR, prefix=".plan-")  # exclusive, mode 0600
             with os.fdopen(handle, "wb") as file:
-                pickle.dump(wisdom, file)
+                file.write(_encode_wisdom(wisdom))
             os.replace(temp, os.path.join(WISDOM_DIR, name))
         except Exception:
             pass

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import json5
 import numpy as np
 
+from holodask import limits
 from holodask.errors import InputFileError, ParameterError
 from holodask.io.registry import normalise_path
 
@@ -43,6 +44,7 @@ __all__ = [
     "parameters_json",
     "expand_names",
     "stage_parameters",
+    "input_paths",
 ]
 
 
@@ -140,6 +142,11 @@ class HoloParams:
             return None
         return float(np.sqrt(np.sqrt(abs(np.linalg.det(self.cut_off2_per_nm2)))))
 
+    def protected_paths(self) -> list[str]:
+        """Files no output of the run may overwrite: its inputs and the parameter file."""
+        paths = input_paths(self)
+        return paths + [self.parameter_file] if self.parameter_file else paths
+
     @property
     def align_roi_or_roi(self) -> tuple[int, int, int, int] | None:
         """The region used for raw alignment: ``align_roi``, else ``roi`` (None: full image)."""
@@ -208,13 +215,141 @@ _MTF_ARITY = {"CONSTANT": 1, "GAUSSIAN": 2, "LORENTZIAN": 2}
 
 _JSON5_ERROR = re.compile(r"^<string>:(?P<line>\d+) (?P<what>.*) at column (?P<column>\d+)$", re.S)
 
+#: a JSON string, a comment (a line comment ends at any JSON5 line terminator), or something else
+_STRING = r'"(?:[^"\\]|\\.)*"'
+_COMMENTS = re.compile(_STRING + r"|//[^\n\r\u2028\u2029]*|/\*.*?\*/", re.S)
+_TRAILING_COMMAS = re.compile(_STRING + r"|,(?=\s*[\]}])", re.S)
+_BRACKETS = re.compile(_STRING + r"|[\[\]{}]", re.S)
+_NOT_NEWLINE = re.compile(r"[^\n\r\u2028\u2029]")
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str, first: Any, second: Any):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def _object_without_duplicates(pairs) -> dict:
+    """``object_pairs_hook`` of both parsers: a dict, refusing a key given twice."""
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key, result[key], value)
+        result[key] = value
+    return result
+
+
+def _blank(match: re.Match) -> str:
+    """A comment (or trailing comma) as blanks of the same length, line ends kept
+    (so that line and column of a later syntax error stay those of the file)."""
+    text = match.group()
+    return text if text.startswith('"') else _NOT_NEWLINE.sub(" ", text)
+
+
+def _plain_json(text: str) -> str:
+    """The text with comments and trailing commas blanked (strings untouched)."""
+    if "/" in text:
+        text = _COMMENTS.sub(_blank, text)
+    if "," in text:
+        text = _TRAILING_COMMAS.sub(_blank, text)
+    return text
+
+
+def _nesting(text: str) -> int:
+    """Deepest nesting of arrays and objects in JSON text (strings skipped)."""
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
+def _value_nesting(value: Any) -> int:
+    """Deepest nesting of lists and dicts in a parsed value (no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _too_deep(source_name: str, depth: int | None = None) -> ParameterError:
+    found = f" ({depth} levels)" if depth else ""
+    return ParameterError(
+        f"{source_name}: arrays and objects are nested too deeply{found}; a parameter file nests "
+        f"at most {limits.MAX_NESTING} levels"
+    )
+
+
+def _parse_json5(text: str, source_name: str) -> Any:
+    """The JSON5 parser, for what the standard parser does not read (and its messages)."""
+    if len(text) > limits.MAX_JSON5_BYTES:
+        return None
+    depth = _nesting(_plain_json(text))
+    if depth > limits.MAX_NESTING:
+        raise _too_deep(source_name, depth)
+    try:
+        value = json5.loads(text, object_pairs_hook=_object_without_duplicates)
+    except _DuplicateKey:
+        raise
+    except RecursionError:
+        raise _too_deep(source_name) from None
+    except ValueError as exc:
+        message = str(exc)
+        match = _JSON5_ERROR.match(message)
+        if match:
+            message = (
+                f"{source_name}: syntax error at line {match['line']}, column {match['column']}: "
+                f"{match['what']}"
+            )
+        else:
+            message = f"{source_name}: syntax error: {message}"
+        raise ParameterError(message) from None
+    return _join_surrogates(value)
+
+
+def _parse_text(text: str, source_name: str) -> Any:
+    """Plain JSON with the standard (fast) parser; comments and trailing commas blanked
+    first where needed; the JSON5 parser only for the rest."""
+    error = None
+    for candidate in (text, None):
+        if candidate is None:
+            candidate = _plain_json(text)
+            if candidate == text:
+                break
+        try:
+            return json.loads(candidate, object_pairs_hook=_object_without_duplicates)
+        except json.JSONDecodeError as exc:
+            error = exc
+        except RecursionError:
+            raise _too_deep(source_name) from None
+    value = _parse_json5(text, source_name)
+    if value is None:  # too long for the JSON5 parser: the standard parser's message
+        raise ParameterError(
+            f"{source_name}: syntax error at line {error.lineno}, column {error.colno}: {error.msg} "
+            f"(a parameter file over {limits.MAX_JSON5_BYTES // 1024} kB must be JSON with at most "
+            "comments and trailing commas)"
+        )
+    return value
+
 
 def parse_parameter_text(text: str, source_name: str = "parameters") -> dict:
     """Parse the text of a parameter file into a dictionary.
 
     The text is JSON that may also hold ``//`` line and ``/* */`` block
-    comments and trailing commas (parsed by ``json5``; comment markers and
-    commas inside strings stay intact).
+    comments and trailing commas (comment markers and commas inside strings
+    stay intact); other JSON5 syntax is read by ``json5``. Plain JSON, and
+    JSON with only comments and trailing commas, go through Python's own
+    (fast) parser.
 
     Parameters
     ----------
@@ -231,8 +366,9 @@ def parse_parameter_text(text: str, source_name: str = "parameters") -> dict:
     Raises
     ------
     ParameterError
-        On a syntax error (with line and column) or when the top level is
-        not an object.
+        On a syntax error (with line and column), a key given twice in one
+        object, nesting deeper than :data:`holodask.limits.MAX_NESTING`, or
+        when the top level is not an object.
     """
     if not isinstance(text, str):
         raise ParameterError(
@@ -245,24 +381,21 @@ def parse_parameter_text(text: str, source_name: str = "parameters") -> dict:
             f"{source_name}: empty parameter text (expected a JSON object {{...}})"
         )
     try:
-        value = json5.loads(text)
-    except ValueError as exc:
-        message = str(exc)
-        match = _JSON5_ERROR.match(message)
-        if match:
-            message = (
-                f"{source_name}: syntax error at line {match['line']}, column {match['column']}: "
-                f"{match['what']}"
-            )
-        else:
-            message = f"{source_name}: syntax error: {message}"
-        raise ParameterError(message) from None
+        value = _parse_text(text, source_name)
+    except _DuplicateKey as exc:
+        raise ParameterError(
+            f"{source_name}: parameter '{exc.key}' is given twice ({_show(exc.first)}, then "
+            f"{_show(exc.second)}); keep one"
+        ) from None
     if not isinstance(value, dict):
         raise ParameterError(
             f"{source_name}: the parameters must be a JSON object {{...}}, "
             f"got a JSON {_json_kind(value)}"
         )
-    return _join_surrogates(value)
+    depth = _value_nesting(value)
+    if depth > limits.MAX_NESTING:
+        raise _too_deep(source_name, depth)
+    return value
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -338,14 +471,17 @@ def load_parameters(
         )
     name = os.fspath(source)
     if name == "-":
-        text = sys.stdin.read()
+        text = sys.stdin.read(limits.MAX_PARAMETER_BYTES + 1)
+        _check_text_size(len(text), "parameters from stdin")
         base = Path(basepath) if basepath is not None else Path.cwd()
         mapping = parse_parameter_text(text, "parameters from stdin")
         return parse_parameters(mapping, base)
     param_file = Path(os.path.abspath(name))
     try:
-        with io.open(param_file, "rt", encoding="utf-8") as file:
-            text = file.read()
+        with io.open(param_file, "rb") as file:
+            data = file.read(limits.MAX_PARAMETER_BYTES + 1)
+        _check_text_size(len(data), f"parameter file {param_file}")
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # universal newlines
     except FileNotFoundError:
         raise InputFileError(f"{param_file}: parameter file not found") from None
     except IsADirectoryError:
@@ -416,6 +552,14 @@ def stage_parameters(params=None, options: Mapping[str, Any] | None = None) -> H
     return parse_parameters(mapping, folder, parameter_file=parameter_file, partial=True)
 
 
+def _check_text_size(size: int, what: str) -> None:
+    if size > limits.MAX_PARAMETER_BYTES:
+        raise ParameterError(
+            f"{what}: larger than {limits.MAX_PARAMETER_BYTES // 2**20} MiB; a parameter file is "
+            "a small JSON object (is this the right file?)"
+        )
+
+
 # ---------------------------------------------------------------------------
 # value checks (each raises one ParameterError naming the parameter)
 # ---------------------------------------------------------------------------
@@ -450,10 +594,58 @@ def _check_number(name: str, value: Any, what: str = "a number") -> float:
         )
     if not _is_number(value):
         raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the range of floats
+        number = math.inf
     if not math.isfinite(number):
         raise ParameterError(f"parameter '{name}' must be {what} (finite), got {_show(value)}")
+    _check_bounds(name, number, value)
     return number
+
+
+#: largest magnitude of each numeric parameter, and its unit: far above any real value,
+#: low enough that squares, products and array sizes computed from it stay finite and small
+_BOUNDS: dict[str, tuple[float, str]] = {
+    "cut_off": (1e3, " 1/nm"),
+    "align_cut_off": (1e3, " 1/nm"),
+    "cut_off2": (1e6, " 1/nm^2"),
+    "sampling": (1e6, " nm"),
+    "voltage": (1e4, " kV"),
+    "defocus_first": (1e9, " nm"),
+    "defocus_step": (1e9, " nm"),
+    "outlier_cutoff": (1e6, ""),
+    "filter_func": (1e3, ""),
+    "mtf": (1e6, ""),
+    "sideband_pos": (limits.MAX_IMAGE_SIDE, " px"),
+    "roi": (limits.MAX_IMAGE_SIDE, " px"),
+    "align_roi": (limits.MAX_IMAGE_SIDE, " px"),
+    "object_size": (limits.MAX_WAVE_SIDE, " px"),
+    "empty_size": (limits.MAX_WAVE_SIDE, " px"),
+    "binning": (64, ""),
+    "object_first": (1e9, ""),
+    "object_last": (1e9, ""),
+    "object_exclude": (1e9, ""),
+    "empty_first": (1e9, ""),
+    "empty_last": (1e9, ""),
+    "empty_exclude": (1e9, ""),
+}
+#: smallest magnitude of a positive parameter where tiny values overflow later
+_MINIMA: dict[str, tuple[float, str]] = {"sampling": (1e-6, " nm")}
+
+
+def _check_bounds(name: str, number: float, value: Any) -> None:
+    bound = _BOUNDS.get(name)
+    if bound is not None and abs(number) > bound[0]:
+        raise ParameterError(
+            f"parameter '{name}' must lie between {-bound[0]:g} and {bound[0]:g}{bound[1]}, "
+            f"got {_show(value)}"
+        )
+    minimum = _MINIMA.get(name)
+    if minimum is not None and 0 < abs(number) < minimum[0]:
+        raise ParameterError(
+            f"parameter '{name}' must be at least {minimum[0]:g}{minimum[1]}, got {_show(value)}"
+        )
 
 
 def _check_float(name: str, value: Any, *, positive: bool = False) -> float:
@@ -664,6 +856,7 @@ def expand_names(
                     f"parameter '{name}' must be a printf pattern or a list of file names "
                     f"(strings), got the item {_show(item)}"
                 )
+        _check_series_length(name, len(names), "names")
         specs = tuple(_absolute_spec(item, base) for item in names)
         return SeriesSpec(specs=specs, indices=tuple(range(len(specs))))
     if not isinstance(names, str) or not names:
@@ -679,6 +872,12 @@ def expand_names(
                 f"{prefix}_names = {names!r} names one file (a whole series)"
             )
         return SeriesSpec(specs=(_absolute_spec(names % (), base),), indices=(0,))
+    return _expand_range(name, prefix, names, first, last, exclude, base)
+
+
+def _expand_range(name: str, prefix: str, names: str, first: int | None, last: int | None,
+                  exclude: tuple[int, ...], base: Path) -> SeriesSpec:
+    """The pattern ``names`` over ``first..last`` without ``exclude``."""
     if first is None or last is None:
         missing = [f"{prefix}_{k}" for k, v in (("first", first), ("last", last)) if v is None]
         raise ParameterError(
@@ -693,12 +892,14 @@ def expand_names(
         )
     excluded = set(exclude)
     outside = sorted(i for i in excluded if not first <= i <= last)
+    _check_series_length(f"{prefix}_last", last - first + 1 - (len(excluded) - len(outside)),
+                         f"indices ({prefix}_first..{prefix}_last = {first}..{last})")
     if outside:
         warnings.warn(
             f"parameter '{prefix}_exclude': indices {outside} lie outside "
             f"{prefix}_first..{prefix}_last ({first}..{last}); ignored",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     indices = tuple(i for i in range(first, last + 1) if i not in excluded)
     if not indices:
@@ -713,11 +914,36 @@ def expand_names(
     return SeriesSpec(specs=specs, indices=indices)
 
 
+def _check_series_length(name: str, count: int, what: str) -> None:
+    """Refuse a series longer than :data:`holodask.limits.MAX_FRAMES` before it is built."""
+    if count > limits.MAX_FRAMES:
+        raise ParameterError(
+            f"parameter '{name}' gives {count} {what}; a series holds at most {limits.MAX_FRAMES} "
+            "holograms (split the series)"
+        )
+
+
 def _check_path(name: str, value: Any, basepath: Path) -> str:
     text = _check_str(name, value, "a file name (string)")
     if not text:
         raise ParameterError(f"parameter '{name}' must be a file name, got an empty string")
     return str(normalise_path(text, basepath))
+
+
+def _check_output_path(name: str, value: Any, basepath: Path) -> str:
+    """An output file name: not ending in a separator, not an existing folder."""
+    text = _check_path(name, value, basepath)
+    if value.endswith(("/", "\\")) or value.replace("\\", "/").rsplit("/", 1)[-1] in (".", ".."):
+        folder = value.rstrip("/\\") or "/"
+        raise ParameterError(
+            f"parameter '{name}' ({value!r}) names a folder, expected a file name "
+            f"(such as '{folder}/result.hdf5')"
+        )
+    if os.path.isdir(text):
+        raise ParameterError(
+            f"parameter '{name}' ({value!r}) is the existing folder {text}, expected a file name"
+        )
+    return text
 
 
 def _check_spec(name: str, value: Any, basepath: Path) -> str:
@@ -738,7 +964,262 @@ def _warn_unknown(keys) -> None:
             continue
         close = difflib.get_close_matches(key, KNOWN_PARAMETERS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        warnings.warn(f"unknown parameter '{key}'{hint}; ignored", UserWarning, stacklevel=4)
+        warnings.warn(f"unknown parameter '{key}'{hint}; ignored", UserWarning, stacklevel=5)
+
+
+class _Given:
+    """The parameters given (``null`` counts as absent, except for ``align_roi``)."""
+
+    def __init__(self, mapping: Mapping[str, Any]):
+        if not isinstance(mapping, Mapping):
+            raise ParameterError(f"the parameters must be a JSON object, got {_json_kind(mapping)}")
+        for key in mapping:
+            if not isinstance(key, str):
+                raise ParameterError(f"parameter names must be strings, got {key!r}")
+        self.raw = copy.deepcopy(dict(mapping))
+        _warn_unknown(self.raw)
+        self.values = {k: v for k, v in self.raw.items() if v is not None or k == "align_roi"}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def take(self, key: str, check, default=None, **options):
+        """``check(key, value, **options)`` of a given parameter, else ``default``."""
+        return check(key, self.values[key], **options) if key in self.values else default
+
+
+def _switches(given: _Given) -> dict[str, Any]:
+    values = {
+        key: given.take(key, _check_bool, default)
+        for key, default in (
+            ("adjust_defocus", False),
+            ("adjust_shift", True),
+            ("adjust_tilt", False),
+            ("enable_raw_alignment", True),
+            ("only_phase", False),
+            ("only_align", False),
+            ("synthesize_empty", False),
+            ("output_series", False),
+            ("output_series_as_dataset", False),
+        )
+    }
+    # the reference program writes the aligned ROIs by default when only aligning
+    values["output_aligned"] = given.take("output_aligned", _check_bool, values["only_align"])
+    return values
+
+
+def _sizes_and_calibration(given: _Given, partial: bool = False) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        key: given.take(key, _check_int, positive=True) for key in ("object_size", "empty_size", "binning")
+    }
+    values["sampling_nm"] = given.take("sampling", _check_float, positive=True)
+    values["voltage_kV"] = given.take("voltage", _check_float, positive=True)
+    values["roi"] = given.take("roi", _check_roi)
+    values["align_roi"] = None
+    if "align_roi" in given:
+        if given["align_roi"] is None:
+            warnings.warn(
+                "setting 'align_roi' to null is deprecated; "
+                "set 'enable_raw_alignment' to false instead",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            values["enable_raw_alignment"] = False
+        else:
+            values["align_roi"] = _check_roi("align_roi", given["align_roi"])
+    if "sideband_pos" not in given and partial:
+        values["sideband_pos_px"] = None
+        return values
+    if "sideband_pos" not in given:
+        raise ParameterError(
+            "parameter 'sideband_pos' is required: [x, y] pixel position of the sideband in the "
+            "centred FFT of the holograms"
+        )
+    sideband_what = "[x, y]: two numbers (pixel position in the centred FFT)"
+    sideband = _check_pair("sideband_pos", given["sideband_pos"], sideband_what)
+    values["sideband_pos_px"] = tuple(_check_number("sideband_pos", v, sideband_what) for v in sideband)
+    return values
+
+
+def _cut_off_and_filters(given: _Given, partial: bool = False) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "cut_off" in given and "cut_off2" in given:
+        raise ParameterError("parameters 'cut_off' and 'cut_off2' exclude each other; give only one")
+    if "cut_off" in given:
+        cut_off_per_nm = _check_float("cut_off", given["cut_off"], positive=True)
+        values["cut_off2_per_nm2"] = np.eye(2) * cut_off_per_nm**2
+        values["cut_off_given"] = True
+        default_align_cut_off = cut_off_per_nm
+    elif "cut_off2" in given:
+        values["cut_off2_per_nm2"] = _check_cut_off2(given["cut_off2"])
+        values["cut_off_given"] = False
+        # The reference program's text speaks of the geometric mean of both
+        # radii (sqrt(a*b)), but its code takes sqrt(det(cut_off2)), which for
+        # radii a and b is a*b. We follow what it computes.
+        default_align_cut_off = float(np.sqrt(np.linalg.det(values["cut_off2_per_nm2"])))
+    elif partial:
+        values["cut_off2_per_nm2"] = None
+        default_align_cut_off = None
+    else:
+        raise ParameterError(
+            "parameter 'cut_off' (sideband radius in 1/nm) or 'cut_off2' "
+            "(2x2 matrix in 1/nm^2) is required"
+        )
+    values["align_cut_off_per_nm"] = given.take(
+        "align_cut_off", _check_float, default_align_cut_off, positive=True
+    )
+    values["filter_func"] = given.take("filter_func", _check_filter, FilterSpec())
+    values["mtf"] = given.take("mtf", _check_mtf)
+    values["defocus_first_nm"] = given.take("defocus_first", _check_float, 0.0)
+    values["defocus_step_nm"] = given.take("defocus_step", _check_float, 0.0)
+    return values
+
+
+def _series(given: _Given, prefix: str, base: Path) -> SeriesSpec | None:
+    """The object or empty series (``prefix``), or None when ``PREFIX_names`` is absent."""
+    if f"{prefix}_names" not in given:
+        return None
+    names = given[f"{prefix}_names"]
+    # first/last/exclude are checked even where a list of names ignores them
+    first = given.take(f"{prefix}_first", _check_int)
+    last = given.take(f"{prefix}_last", _check_int)
+    exclude = given.take(f"{prefix}_exclude", _check_exclude, ())
+    if isinstance(names, (list, tuple)):
+        return expand_names(f"{prefix}_names", names, None, None, (), base)
+    return expand_names(f"{prefix}_names", names, first, last, exclude, base)
+
+
+def _inputs(given: _Given, values: dict[str, Any], base: Path, partial: bool = False) -> dict[str, Any]:
+    """Object and empty series, the empty wave's source, and their consistency (``partial``:
+    nothing required)."""
+    found: dict[str, Any] = {"object_series": _series(given, "object", base)}
+    if found["object_series"] is not None and values["object_size"] is None and not partial:
+        raise ParameterError(
+            "parameter 'object_size' (positive integer, px) is required with 'object_names'"
+        )
+    found["camera_distortions"] = None
+    if "camera_distortions" in given:
+        what = "[x-file, y-file]: two file names"
+        pair = _check_pair("camera_distortions", given["camera_distortions"], what)
+        found["camera_distortions"] = tuple(_check_spec("camera_distortions", p, base) for p in pair)
+    found["empty_override"] = given.take("empty_override", _check_spec, basepath=base)
+    found["empty_series"] = _series(given, "empty", base)
+    _choose_empty(found, values["synthesize_empty"])
+    empty_size = values["empty_size"] if values["empty_size"] is not None else values["object_size"]
+    found["empty_size"] = empty_size
+    if empty_size is None and (found["empty_series"] is not None or values["synthesize_empty"]) and not partial:
+        raise ParameterError(
+            "parameter 'empty_size' (or 'object_size') is required to reconstruct "
+            "the empty holograms"
+        )
+    if (
+        not partial
+        and found["object_series"] is None
+        and found["empty_series"] is None
+        and found["empty_override"] is None
+        and not values["synthesize_empty"]
+    ):
+        raise ParameterError(
+            "nothing to do: give 'object_names' (object series), 'empty_names' (empty series) "
+            "or 'empty_override'"
+        )
+    return found
+
+
+def _choose_empty(found: dict[str, Any], synthesize: bool) -> None:
+    """Keep the one source of the empty wave that is used (with a warning for the others)."""
+    if synthesize:
+        if found["camera_distortions"] is None:
+            raise ParameterError(
+                "parameter 'camera_distortions' ([x-file, y-file]) is required "
+                "with 'synthesize_empty'"
+            )
+        for key in ("empty_override", "empty_series"):
+            if found[key] is not None:
+                what = "empty_names" if key == "empty_series" else key
+                warnings.warn(
+                    f"parameter '{what}' is ignored because 'synthesize_empty' is true",
+                    UserWarning,
+                    stacklevel=5,
+                )
+                found[key] = None
+    elif found["empty_override"] is not None and found["empty_series"] is not None:
+        warnings.warn(
+            "parameter 'empty_names' is ignored because 'empty_override' is given",
+            UserWarning,
+            stacklevel=5,
+        )
+        found["empty_series"] = None
+
+
+def _outputs(given: _Given, values: dict[str, Any], base: Path, parameter_file: Path | None) -> dict[str, Any]:
+    """Output names, refused where they would overwrite the parameter file or an input."""
+    found: dict[str, Any] = {}
+    if "output" in given:
+        if "output_name" in given:
+            raise ParameterError(
+                "parameters 'output' (deprecated) and 'output_name' are both given; "
+                "keep only 'output_name'"
+            )
+        warnings.warn(
+            "parameter 'output' is deprecated; use 'output_name'", DeprecationWarning, stacklevel=4
+        )
+        found["output_name"] = given.take("output", _check_output_path, basepath=base)
+    elif "output_name" in given:
+        found["output_name"] = given.take("output_name", _check_output_path, basepath=base)
+    elif parameter_file is not None:
+        found["output_name"] = str(parameter_file.with_suffix(".hdf5"))
+    else:
+        found["output_name"] = None
+    output_name = found["output_name"]
+    if parameter_file is not None and output_name and _same_file(output_name, parameter_file):
+        raise ParameterError(
+            f"parameter 'output_name' ({output_name}) would overwrite the parameter file "
+            "itself; set 'output_name' to another file"
+        )
+    found["output_prefix"] = given.take("output_prefix", _check_str, "")
+    found["output_qpimage"] = given.take("output_qpimage", _check_output_path, basepath=base)
+    found["outlier_cutoff"] = given.take("outlier_cutoff", _check_float, positive=True)
+    inputs = input_paths(values)
+    for key in ("output_name", "output_qpimage"):
+        _check_not_input(key, found[key], inputs, parameter_file)
+    return found
+
+
+def input_paths(params: HoloParams | Mapping[str, Any]) -> list[str]:
+    """The files a run reads (holograms, empty wave, distortions), paths without reader options."""
+    def get(key):
+        return params.get(key) if isinstance(params, Mapping) else getattr(params, key)
+
+    specs: list[str] = []
+    for key in ("object_series", "empty_series"):
+        series = get(key)
+        if series is not None:
+            specs.extend(series.specs)
+    if get("empty_override"):
+        specs.append(get("empty_override"))
+    specs.extend(get("camera_distortions") or ())
+    return list(dict.fromkeys(spec.partition("?")[0] for spec in specs))
+
+
+def _check_not_input(name: str, output: str | None, inputs: list[str], parameter_file) -> None:
+    """Refuse an output that is one of the inputs or the parameter file (also through links)."""
+    if not output:
+        return
+    from holodask.io.safe_write import same_file_as
+
+    protected = inputs + ([str(parameter_file)] if parameter_file is not None else [])
+    match = same_file_as(output, protected)
+    if match is None:
+        return
+    what = "the parameter file" if match == str(parameter_file) else "the input file"
+    raise ParameterError(
+        f"parameter '{name}' ({output}) would overwrite {what} {match}; "
+        f"set '{name}' to another file"
+    )
 
 
 def parse_parameters(
@@ -749,6 +1230,11 @@ def parse_parameters(
     partial: bool = False,
 ) -> HoloParams:
     """Validate a parsed parameter mapping and apply the defaults.
+
+    The steps: the names given (:class:`_Given`), the folder relative paths
+    are taken from, switches, sizes and calibration, cut-off and filters,
+    the input series, and the outputs (which may overwrite neither the
+    parameter file nor an input).
 
     Parameters
     ----------
@@ -776,205 +1262,20 @@ def parse_parameters(
     ParameterError
         For the first wrong, missing or inconsistent parameter.
     """
-    if not isinstance(mapping, Mapping):
-        raise ParameterError(f"the parameters must be a JSON object, got {_json_kind(mapping)}")
-    for key in mapping:
-        if not isinstance(key, str):
-            raise ParameterError(f"parameter names must be strings, got {key!r}")
-    raw = copy.deepcopy(dict(mapping))
-    _warn_unknown(raw)
-    given = {k: v for k, v in raw.items() if v is not None or k == "align_roi"}
-
+    given = _Given(mapping)
     base = folder = Path(os.path.abspath(basepath if basepath is not None else os.getcwd()))
     if parameter_file is not None:
         parameter_file = Path(os.path.abspath(parameter_file))
     if "path" in given:
-        path_text = _check_str("path", given["path"], "a folder name (string)")
-        base = normalise_path(path_text, base)
+        base = normalise_path(_check_str("path", given["path"], "a folder name (string)"), base)
 
-    def take(key: str, check, default=None, **options):
-        """``check(key, value, **options)`` of a given parameter, else ``default``."""
-        return check(key, given[key], **options) if key in given else default
-
-    values: dict[str, Any] = {"basepath": base, "raw": raw, "folder": folder}
+    values: dict[str, Any] = {"basepath": base, "raw": given.raw, "folder": folder}
     values["parameter_file"] = str(parameter_file) if parameter_file is not None else None
-
-    # --- switches ---------------------------------------------------------
-    for key, default in (
-        ("adjust_defocus", False),
-        ("adjust_shift", True),
-        ("adjust_tilt", False),
-        ("enable_raw_alignment", True),
-        ("only_phase", False),
-        ("only_align", False),
-        ("synthesize_empty", False),
-        ("output_series", False),
-        ("output_series_as_dataset", False),
-    ):
-        values[key] = take(key, _check_bool, default)
-    # the reference program writes the aligned ROIs by default when only aligning
-    values["output_aligned"] = take("output_aligned", _check_bool, values["only_align"])
-
-    # --- sizes, regions, calibration ----------------------------------------
-    for key in ("object_size", "empty_size", "binning"):
-        values[key] = take(key, _check_int, positive=True)
-    values["sampling_nm"] = take("sampling", _check_float, positive=True)
-    values["voltage_kV"] = take("voltage", _check_float, positive=True)
-    values["roi"] = take("roi", _check_roi)
-    values["align_roi"] = None
-    if "align_roi" in given:
-        if given["align_roi"] is None:
-            warnings.warn(
-                "setting 'align_roi' to null is deprecated; "
-                "set 'enable_raw_alignment' to false instead",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            values["enable_raw_alignment"] = False
-        else:
-            values["align_roi"] = _check_roi("align_roi", given["align_roi"])
-
-    if "sideband_pos" not in given and partial:
-        values["sideband_pos_px"] = None
-    elif "sideband_pos" not in given:
-        raise ParameterError(
-            "parameter 'sideband_pos' is required: [x, y] pixel position of the sideband in the "
-            "centred FFT of the holograms"
-        )
-    else:
-        sideband_what = "[x, y]: two numbers (pixel position in the centred FFT)"
-        sideband = _check_pair("sideband_pos", given["sideband_pos"], sideband_what)
-        values["sideband_pos_px"] = tuple(
-            _check_number("sideband_pos", v, sideband_what) for v in sideband
-        )
-
-    # --- cut-off and filters ------------------------------------------------
-    if "cut_off" in given and "cut_off2" in given:
-        raise ParameterError(
-            "parameters 'cut_off' and 'cut_off2' exclude each other; give only one"
-        )
-    if "cut_off" in given:
-        cut_off_per_nm = _check_float("cut_off", given["cut_off"], positive=True)
-        values["cut_off2_per_nm2"] = np.eye(2) * cut_off_per_nm**2
-        values["cut_off_given"] = True
-        default_align_cut_off = cut_off_per_nm
-    elif "cut_off2" in given:
-        values["cut_off2_per_nm2"] = _check_cut_off2(given["cut_off2"])
-        values["cut_off_given"] = False
-        # The reference program's text speaks of the geometric mean of both
-        # radii (sqrt(a*b)), but its code takes sqrt(det(cut_off2)), which for
-        # radii a and b is a*b. We follow what it computes.
-        default_align_cut_off = float(np.sqrt(np.linalg.det(values["cut_off2_per_nm2"])))
-    elif partial:
-        values["cut_off2_per_nm2"] = None
-        default_align_cut_off = None
-    else:
-        raise ParameterError(
-            "parameter 'cut_off' (sideband radius in 1/nm) or 'cut_off2' "
-            "(2x2 matrix in 1/nm^2) is required"
-        )
-    values["align_cut_off_per_nm"] = take(
-        "align_cut_off", _check_float, default_align_cut_off, positive=True
-    )
-    values["filter_func"] = take("filter_func", _check_filter, FilterSpec())
-    values["mtf"] = take("mtf", _check_mtf)
-    values["defocus_first_nm"] = take("defocus_first", _check_float, 0.0)
-    values["defocus_step_nm"] = take("defocus_step", _check_float, 0.0)
-
-    # --- series ---------------------------------------------------------------
-    def series(prefix: str) -> SeriesSpec:
-        names = given[f"{prefix}_names"]
-        # first/last/exclude are checked even where a list of names ignores them
-        first = take(f"{prefix}_first", _check_int)
-        last = take(f"{prefix}_last", _check_int)
-        exclude = take(f"{prefix}_exclude", _check_exclude, ())
-        if isinstance(names, (list, tuple)):
-            return expand_names(f"{prefix}_names", names, None, None, (), base)
-        return expand_names(f"{prefix}_names", names, first, last, exclude, base)
-
-    values["object_series"] = series("object") if "object_names" in given else None
-    if values["object_series"] is not None and values["object_size"] is None and not partial:
-        raise ParameterError(
-            "parameter 'object_size' (positive integer, px) is required with 'object_names'"
-        )
-
-    values["camera_distortions"] = None
-    if "camera_distortions" in given:
-        what = "[x-file, y-file]: two file names"
-        pair = _check_pair("camera_distortions", given["camera_distortions"], what)
-        values["camera_distortions"] = tuple(
-            _check_spec("camera_distortions", p, base) for p in pair
-        )
-    values["empty_override"] = take("empty_override", _check_spec, basepath=base)
-    values["empty_series"] = series("empty") if "empty_names" in given else None
-    if values["synthesize_empty"]:
-        if values["camera_distortions"] is None:
-            raise ParameterError(
-                "parameter 'camera_distortions' ([x-file, y-file]) is required "
-                "with 'synthesize_empty'"
-            )
-        for key in ("empty_override", "empty_series"):
-            if values[key] is not None:
-                what = "empty_names" if key == "empty_series" else key
-                warnings.warn(
-                    f"parameter '{what}' is ignored because 'synthesize_empty' is true",
-                    UserWarning,
-                    stacklevel=3,
-                )
-                values[key] = None
-    elif values["empty_override"] is not None and values["empty_series"] is not None:
-        warnings.warn(
-            "parameter 'empty_names' is ignored because 'empty_override' is given",
-            UserWarning,
-            stacklevel=3,
-        )
-        values["empty_series"] = None
-    if values["empty_size"] is None:
-        values["empty_size"] = values["object_size"]
-    needs_empty_size = values["empty_series"] is not None or values["synthesize_empty"]
-    if values["empty_size"] is None and needs_empty_size:
-        raise ParameterError(
-            "parameter 'empty_size' (or 'object_size') is required to reconstruct "
-            "the empty holograms"
-        )
-    if (
-        not partial
-        and values["object_series"] is None
-        and values["empty_series"] is None
-        and values["empty_override"] is None
-        and not values["synthesize_empty"]
-    ):
-        raise ParameterError(
-            "nothing to do: give 'object_names' (object series), 'empty_names' (empty series) "
-            "or 'empty_override'"
-        )
-
-    # --- outputs ----------------------------------------------------------------
-    if "output" in given:
-        if "output_name" in given:
-            raise ParameterError(
-                "parameters 'output' (deprecated) and 'output_name' are both given; "
-                "keep only 'output_name'"
-            )
-        warnings.warn(
-            "parameter 'output' is deprecated; use 'output_name'", DeprecationWarning, stacklevel=3
-        )
-        values["output_name"] = take("output", _check_path, basepath=base)
-    elif "output_name" in given:
-        values["output_name"] = take("output_name", _check_path, basepath=base)
-    elif parameter_file is not None:
-        values["output_name"] = str(parameter_file.with_suffix(".hdf5"))
-    else:
-        values["output_name"] = None
-    output_name = values["output_name"]
-    if parameter_file is not None and output_name and _same_file(output_name, parameter_file):
-        raise ParameterError(
-            f"parameter 'output_name' ({values['output_name']}) would overwrite the parameter file "
-            "itself; set 'output_name' to another file"
-        )
-    values["output_prefix"] = take("output_prefix", _check_str, "")
-    values["output_qpimage"] = take("output_qpimage", _check_path, basepath=base)
-    values["outlier_cutoff"] = take("outlier_cutoff", _check_float, positive=True)
+    values.update(_switches(given))
+    values.update(_sizes_and_calibration(given, partial))
+    values.update(_cut_off_and_filters(given, partial))
+    values.update(_inputs(given, values, base, partial))
+    values.update(_outputs(given, values, base, parameter_file))
     return HoloParams(**values)
 
 

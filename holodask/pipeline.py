@@ -52,6 +52,7 @@ from holodask.stages.reconstruction import (
     EMPTY_ITERATIONS,
     check_roi,
     empty_for,
+    open_checked_series,
     raw_shifts,
     reconstruct_stack,
     repair_stack,
@@ -73,7 +74,7 @@ def _output_file(params: HoloParams):
         return contextlib.nullcontext(None)
     from holodask.io.holo_hdf5 import HoloOutputFile
 
-    return HoloOutputFile(Path(params.output_name), prefix=params.output_prefix)
+    return HoloOutputFile(Path(params.output_name), prefix=params.output_prefix, protected=params.protected_paths())
 
 
 def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset | Path":
@@ -96,7 +97,6 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
     """
     from holodask.cluster import current_client, current_scratch
     from holodask.io.qpimage_export import check_run_export, export_run
-    from holodask.series import open_frame_series
     from holodask.stages.rounds import stack_store
 
     if not isinstance(params, HoloParams):
@@ -109,7 +109,7 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
         raise ParameterError("output_qpimage: needs 'output_name' (a run without it writes nothing)")
     objects = None
     if params.object_series is not None:
-        objects = open_frame_series(params.object_series, params, basepath=params.basepath)
+        objects = open_checked_series(params.object_series, params)
     if params.output_qpimage:
         check_run_export(params, Path(params.output_name), objects.attrs.get("voltage_kV") if objects else None)
     if client is not None:

@@ -130,9 +130,20 @@ def render_result(result: xr.Dataset, *, unwrap: bool = True):
     return fig
 
 
-def save_quicklook(result: xr.Dataset, png_path: str | Path, *, unwrap: bool = True, dpi: int = 80) -> Path:
-    """Render :func:`render_result` to a PNG file and return its path."""
+def save_quicklook(result: xr.Dataset, png_path: str | Path, *, unwrap: bool = True, dpi: int = 80,
+                   protected=()) -> Path:
+    """Render :func:`render_result` to a PNG file and return its path.
+
+    The file is written through :class:`holodask.io.safe_write.AtomicOutput`: it may not
+    be the result file (``result.attrs["source"]``) nor one of ``protected``, nor replace
+    anything but a PNG image.
+    """
+    from holodask.io.safe_write import AtomicOutput
+
     png_path = Path(png_path)
-    fig = render_result(result, unwrap=unwrap)
-    fig.savefig(png_path, dpi=dpi)
+    protected = [*protected, result.attrs.get("source")]
+    with AtomicOutput(png_path, what="--png", kind="png", protected=protected) as out:
+        fig = render_result(result, unwrap=unwrap)
+        with open(out.open_name(), "wb") as file:
+            fig.savefig(file, dpi=dpi, format="png")
     return png_path

@@ -15,6 +15,7 @@ import numpy as np
 from dask.base import tokenize
 
 from holodask.errors import InputFileError, ParameterError
+from holodask.limits import check_frame_count, check_source_size
 from holodask.io.registry import FileSpec, FrameMetadata, FrameSource, open_source
 
 if TYPE_CHECKING:  # xarray and dask.array are imported where a DataArray is built
@@ -34,14 +35,17 @@ __all__ = [
 SpecLike = str | os.PathLike | FileSpec
 
 
-def read_source_frame(source: FrameSource, index: int) -> np.ndarray:
-    """Read frame ``index`` of ``source`` as a (1, rows, columns) block."""
+def read_source_frame(source: FrameSource, index: int, check=None) -> np.ndarray:
+    """Read frame ``index`` of ``source`` as a (1, rows, columns) block; ``check(frame,
+    source, index)`` (e.g. :func:`holodask.checks.check_hologram_frame`) may refuse it."""
     frame = np.asarray(source.read_frame(index))
     if frame.shape != tuple(source.shape):
         raise InputFileError(
             f"{source.spec}: frame {index} has shape {frame.shape}, "
             f"expected {tuple(source.shape)}"
         )
+    if check is not None:
+        check(frame, source, index)
     return frame.astype(source.dtype, copy=False)[np.newaxis]
 
 
@@ -63,6 +67,9 @@ def open_sources(specs, basepath=None) -> list[FrameSource]:
 
 def _check_consistent(sources: Sequence[FrameSource]) -> None:
     first = sources[0]
+    for source in sources:
+        check_source_size(source)  # declared sizes bounded before anything is allocated
+    check_frame_count(sum(int(s.n_frames) for s in sources), f"{first.spec} ... {sources[-1].spec}")
     for source in sources:
         if source.n_frames < 1:
             raise InputFileError(f"{source.spec}: file holds no frames")
@@ -228,8 +235,10 @@ def _alias_target(graph: dict, key):
     return key
 
 
-def frame_series_from_sources(sources: Sequence[FrameSource], params=None, *, indices=None) -> FrameSeries:
-    """The :class:`FrameSeries` of already opened sources (see :func:`open_series`)."""
+def frame_series_from_sources(sources: Sequence[FrameSource], params=None, *, indices=None,
+                              check=None) -> FrameSeries:
+    """The :class:`FrameSeries` of already opened sources (see :func:`open_series`);
+    ``check`` is run on every frame as it is read (see :func:`read_source_frame`)."""
     sources = list(sources)
     if not sources:
         raise InputFileError("no input files given (empty list of file specs)")
@@ -253,7 +262,8 @@ def frame_series_from_sources(sources: Sequence[FrameSource], params=None, *, in
     name = "open-series-" + tokenize(
         [str(s.spec) for s in sources], [_mtime(s) for s in sources], frame_index.tolist()
     )
-    tasks = {(name, k): (read_source_frame, source, i) for k, (source, i) in enumerate(frame_table)}
+    checked = () if check is None else (check,)
+    tasks = {(name, k): (read_source_frame, source, i, *checked) for k, (source, i) in enumerate(frame_table)}
 
     meta = first.metadata
     sampling_nm = _sampling_nm(first, meta, params)
@@ -355,8 +365,9 @@ def open_frames(series_spec, params=None, *, basepath=None) -> "xr.DataArray":
     return open_frame_series(series_spec, params, basepath=basepath).to_dataarray()
 
 
-def open_frame_series(series_spec, params=None, *, basepath=None) -> FrameSeries:
-    """:func:`open_frames` as a :class:`FrameSeries` (what the pipeline runs on)."""
+def open_frame_series(series_spec, params=None, *, basepath=None, check=None) -> FrameSeries:
+    """:func:`open_frames` as a :class:`FrameSeries` (what the pipeline runs on); ``check``
+    is run on every frame as it is read (see :func:`read_source_frame`)."""
     if series_spec is None:
         raise ParameterError("no series given (object_names / empty_names missing)")
     sources = open_sources(list(series_spec.specs), basepath)
@@ -368,7 +379,7 @@ def open_frame_series(series_spec, params=None, *, basepath=None) -> FrameSeries
     indices: list[int] = []
     for source, start in zip(sources, spec_indices):
         indices.extend(int(start) + k for k in range(source.n_frames))
-    return frame_series_from_sources(sources, params, indices=indices)
+    return frame_series_from_sources(sources, params, indices=indices, check=check)
 
 
 def frames_of(array: "xr.DataArray") -> Iterable[np.ndarray]:

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -572,32 +571,49 @@ def check_angles(angles: np.ndarray | None, min_angles: int | None) -> None:
         )
 
 
-class _AtomicH5:
-    """An h5py file written to a temporary name and moved into place on success."""
+def _not_a_spots_file(path: Path) -> str | None:
+    """Why an existing HDF5 file is no earlier ``stats`` output to replace (None: it is one)."""
+    import h5py
 
-    def __init__(self, path: str | os.PathLike):
+    with h5py.File(path, "r") as f:
+        if len(f) == 0 or ("info" in f and "stats" in f):
+            return None
+    return "is not a holodask stats (spots) file"
+
+
+class _AtomicH5:
+    """An h5py file written through :class:`holodask.io.safe_write.AtomicOutput`
+    (checked, exclusive temporary file, moved into place on success)."""
+
+    def __init__(self, path: str | os.PathLike, protected=()):
+        from holodask.io.safe_write import AtomicOutput
+
         self.path = Path(path)
+        self._output = AtomicOutput(path, what="-o/--output", kind="hdf5", protected=protected,
+                                    accept_existing=_not_a_spots_file)
 
     def __enter__(self):
         import h5py
 
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise InputFileError(f"{self.path}: output folder {folder} does not exist")
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        self.file = h5py.File(self._tmp, "w")
+        self._output.open()
+        try:
+            self.file = h5py.File(self._output.open_name(), "w")
+        except BaseException:
+            self._output.abort()
+            raise
         return self.file
 
     def __exit__(self, exc_type, exc, tb):
         try:
             self.file.close()
-        finally:
+        except BaseException:
             if exc_type is None:
-                os.replace(self._tmp, self.path)
-            elif os.path.exists(self._tmp):
-                os.remove(self._tmp)
-        return False
+                self._output.abort()
+                raise
+        if exc_type is None:
+            self._output.commit()
+            return False
+        return self._output.__exit__(exc_type, exc, tb)
 
 
 def _compression_kwargs(compression: str) -> dict[str, Any]:
@@ -618,6 +634,7 @@ def find_spots(
     laser: Sequence | None = None,
     angles: Sequence | None = None,
     source: str | None = None,
+    protected: Sequence = (),
 ) -> dict[str, Any]:
     """Statistics, masks and spot table of a series, written to an HDF5 file.
 
@@ -635,6 +652,8 @@ def find_spots(
         / ``angle`` coordinates when present.
     source
         Text stored as attribute ``source`` of group ``info``.
+    protected
+        Files the output must not overwrite (the inputs).
 
     Returns
     -------
@@ -687,7 +706,7 @@ def find_spots(
     itemsize = max(data.dtype.itemsize, 1)
     batch = int(max(1, min(n_frames, settings.memory_bytes // max(1, rows * cols * (itemsize + 24)))))
 
-    with _AtomicH5(output) as h5:
+    with _AtomicH5(output, protected) as h5:
         info = h5.create_group("info")
         info.attrs.update(
             {

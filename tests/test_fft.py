@@ -31,7 +31,7 @@ def _run(folder: Path, body: str) -> str:
 
 
 def _plan_files(folder: Path) -> dict[str, float]:
-    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.pickle")}
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.wisdom")}
 
 
 def test_each_measured_transform_is_kept_in_its_own_file_and_read_back(tmp_path):
@@ -52,10 +52,10 @@ def test_a_damaged_plan_file_only_costs_planning_time(tmp_path):
     folder = tmp_path / "plans"
     _run(folder, "fft.fft2(a)")
     (name,) = _plan_files(folder)
-    (folder / name).write_bytes(b"not a pickle")
+    (folder / name).write_bytes(b"not a plan file")
     out = _run(folder, "print(abs(fft.fft2(a) - np.fft.fft2(a)).max())")
     assert float(out) < 1e-3
-    assert (folder / name).read_bytes() != b"not a pickle"  # measured again and replaced
+    assert (folder / name).read_bytes() != b"not a plan file"  # measured again and replaced
 
 
 def test_plans_go_to_the_user_cache_unless_switched_off(tmp_path):
@@ -69,7 +69,7 @@ def test_plans_go_to_the_user_cache_unless_switched_off(tmp_path):
     run({"HOLODASK_FFTW_WISDOM": "none"})
     assert list(tmp_path.iterdir()) == []
     run({})
-    assert len(list((tmp_path / "holodask" / "fftw-plans").glob("*.pickle"))) == 1
+    assert len(list((tmp_path / "holodask" / "fftw-plans").glob("*.wisdom"))) == 1
 
 
 def test_exported_plans_name_every_transform_planned_here():

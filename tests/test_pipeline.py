@@ -171,7 +171,7 @@ def test_bad_frames_are_refused_without_output(tmp_path):
         data = f["hologram"][...]
         data[5, 7] = np.nan
         f["hologram"][...] = data
-    _expect_error(tmp_path, params, DataError, "frame 1")
+    _expect_error(tmp_path, params, DataError, "object_001.hdf5.*NaN")
     (tmp_path / "object_001.hdf5").unlink()
     _expect_error(tmp_path, params, InputFileError, "object_001")
 

@@ -134,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
 
     frames, metadata = open_input(args.input)
     output = Path(args.output).absolute()
+    from holodask.io.registry import parse_spec
+
+    protected = [str(parse_spec(args.input).path)]
     if output_format == "hdf5":
         count = write_hdf5_series(
             frames,
@@ -143,11 +146,13 @@ def run(args: argparse.Namespace) -> int:
             shuffle=not args.no_shuffle,
             chunk_rows=args.chunk_rows,
             metadata=metadata,
+            protected=protected,
         )
         where = f"{output} (group {args.path.strip('/')}/images)"
     else:
         count = write_frame_cache(
-            frames, output, args.threshold, output_yaml=args.output_yaml, metadata=metadata
+            frames, output, args.threshold, output_yaml=args.output_yaml, metadata=metadata,
+            protected=protected,
         )
         where = str(output)
     print(f"holodask: wrote {count} frame{'s' if count != 1 else ''} to {where}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 
-from holodask.errors import ParameterError
+from holodask.errors import DataError, InputFileError, ParameterError
 from holodask.io.registry import FrameSource, open_source
 
 HELP = "show shape, pixel type, frames and calibration of image files (and the sideband with --fft)"
@@ -71,6 +72,45 @@ def describe(source: FrameSource) -> list[tuple[str, str]]:
     ]
 
 
+#: ``--fft`` transforms at most this many pixels per side (the central part of larger frames)
+MAX_FFT_SIDE = 2048
+
+
+def sideband_of(source: FrameSource, index: int):
+    """The :class:`holodask.sideband.Sideband` of frame ``index``, its position in the centred
+    FFT of the whole frame,
+    and a note where it was found in the central :data:`MAX_FFT_SIDE` px only (read alone,
+    in bounded memory, whatever size the file declares)."""
+    from holodask.limits import MAX_FRAME_PIXELS
+    from holodask.sideband import find_sideband
+
+    try:
+        return _sideband_of(source, index, find_sideband, MAX_FRAME_PIXELS)
+    except DataError as exc:
+        raise DataError(f"{source.spec} (frame {index}): {exc}") from None
+
+
+def _sideband_of(source: FrameSource, index: int, find_sideband, max_pixels: int):
+    rows, cols = (int(n) for n in source.shape)
+    h, w = min(rows, MAX_FFT_SIDE), min(cols, MAX_FFT_SIDE)
+    sampling = source.metadata.sampling_nm
+    if (h, w) == (rows, cols):
+        return find_sideband(source.read_frame(index), sampling=sampling), ""
+    if not source.reads_regions and rows * cols > max_pixels:
+        raise InputFileError(
+            f"{source.spec}: frames of {rows} x {cols} px are too large for --fft "
+            f"(this reader reads whole frames; at most {max_pixels / 1e6:.0f} M pixels)"
+        )
+    top, left = (rows - h) // 2, (cols - w) // 2
+    part = source.read_region(index, slice(top, top + h), slice(left, left + w))
+    found = find_sideband(part, sampling=sampling)
+    x_part, y_part = found.position
+    # the same spatial frequency in the centred FFT of the whole frame
+    x = cols // 2 + (x_part - w // 2) * cols / w
+    y = rows // 2 + (y_part - h // 2) * rows / h
+    return dataclasses.replace(found, position=(x, y), shape=(rows, cols)), f"; from the central {h} x {w} px"
+
+
 def _result_summary(spec: str, prefix: str | None) -> str | None:
     """Summary of a result file (holodask or holoaverage output), else ``None``."""
     if "?" in spec:
@@ -95,14 +135,12 @@ def run(args: argparse.Namespace) -> int:
         source = open_source(spec)
         lines = describe(source)
         if args.fft:
-            from holodask.sideband import find_sideband
-
             if not 0 <= args.frame < source.n_frames:
                 raise ParameterError(
                     f"--frame: expected 0 to {source.n_frames - 1}, got {args.frame}"
                 )
-            found = find_sideband(source.read_frame(args.frame), sampling=source.metadata.sampling_nm)
-            lines.append(("sideband", found.describe()))
+            found, note = sideband_of(source, args.frame)
+            lines.append(("sideband", found.describe() + note))
         if number:
             print()
         width = max(len(label) for label, _ in lines) + 1

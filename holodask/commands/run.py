@@ -34,7 +34,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     params = load_parameters(args.params)
     log.info("writing %s", params.output_name)
-    with compute_context(options_from_args(args)) as client:
+    # the performance report may overwrite neither an input nor an output of the run
+    outputs = [params.output_name, params.output_qpimage]
+    if params.output_qpimage and params.output_series:
+        from holodask.io.qpimage_export import average_path
+
+        outputs.append(str(average_path(params.output_qpimage)))
+    protected = tuple(params.protected_paths() + [p for p in outputs if p])
+    with compute_context(options_from_args(args), protected=protected) as client:
         run_pipeline(params, client=client, load=False)
     log.info("done in %.1f s", time.perf_counter() - started)
     return 0

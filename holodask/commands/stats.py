@@ -141,7 +141,10 @@ def run(args) -> int:
     output = Path(args.output) if args.output else default_output(args.inputs[0])
     from holodask.io.registry import parse_spec
 
-    if any(parse_spec(s).path.resolve() == output.resolve() for s in args.inputs):
+    from holodask.io.safe_write import same_file_as
+
+    inputs = [str(parse_spec(s).path) for s in args.inputs]
+    if any(parse_spec(s).path.resolve() == output.resolve() for s in args.inputs) or same_file_as(output, inputs):
         raise ParameterError(f"-o/--output: {output} is an input file; choose another name")
 
     from holodask.cluster import compute_context, options_from_args
@@ -150,9 +153,9 @@ def run(args) -> int:
     n_frames = series.shape[0]
     angles = read_hdf5_frame_values(args.inputs, args.angle_dataset, "lauecollect/angle", n_frames)
     laser = read_hdf5_frame_values(args.inputs, args.laser_dataset, "lauecollect/laser", n_frames)
-    with compute_context(options_from_args(args)):
+    with compute_context(options_from_args(args), protected=(*inputs, str(output))):
         summary = find_spots(series, output, settings, laser=laser, angles=angles,
-                             source=" ".join(args.inputs))
+                             source=" ".join(args.inputs), protected=inputs)
     print(f"{output}: {summary['n_frames']} frames, {summary['n_masks']} masks, "
           f"{summary['n_spots']} spots (n_removed = {summary['n_removed']})")
     return 0

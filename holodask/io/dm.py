@@ -8,6 +8,8 @@ images are turned into grey values (float32 luma 0.299 R + 0.587 G + 0.114 B).
 
 from __future__ import annotations
 
+import os
+import struct
 import warnings
 from typing import Any
 
@@ -77,6 +79,43 @@ def _pick_image(signals: list[dict[str, Any]], path) -> tuple[int, dict[str, Any
     raise InputFileError(f"{path}: holds no 2-D image or 3-D image stack (signals: {described})")
 
 
+#: the bytes of a Digital Micrograph header before the root tag group: DM3 three 4-byte
+#: integers (version, length, byte order), DM4 a 4-byte version, an 8-byte length, a 4-byte order
+_HEADER_BYTES = {3: (">I", 12), 4: (">Q", 16)}
+
+
+def _truncation(path) -> str | None:
+    """What the header says about a file shorter than it declares (None: not so)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    if len(head) < 4:
+        return f"{size} bytes, shorter than a DM header"
+    version = struct.unpack(">I", head[:4])[0]
+    if version not in _HEADER_BYTES:
+        return None
+    fmt, header = _HEADER_BYTES[version]
+    if len(head) < 4 + struct.calcsize(fmt):
+        return f"{size} bytes, shorter than a DM{version} header"
+    declared = struct.unpack(fmt, head[4:4 + struct.calcsize(fmt)])[0] + header
+    return f"{size} of the {declared} bytes its header declares" if size < declared else None
+
+
+def _broken(path, exc: Exception) -> InputFileError:
+    """One message for a DM file the reader cannot read: truncated (its header says how
+    long it should be), or truncated or corrupt."""
+    short = _truncation(path)
+    if short:
+        return InputFileError(f"{path}: file is truncated or corrupt ({short})")
+    detail = f" ({exc})" if str(exc) else ""
+    if isinstance(exc, (struct.error, EOFError, IndexError, KeyError, UnicodeDecodeError)) or "unpack" in str(exc):
+        return InputFileError(f"{path}: file is truncated or corrupt; cannot read it as a DM file{detail}")
+    return InputFileError(f"{path}: cannot read DM file{detail}")
+
+
 @register_reader("dm3", "dm4")
 class DMSource(StoredHeaderSource):
     """Frames of a Digital Micrograph image or image stack."""
@@ -88,11 +127,11 @@ class DMSource(StoredHeaderSource):
             self._lazy = True
         except ValueError as exc:
             if "RGB" not in str(exc):
-                raise InputFileError(f"{spec.path}: cannot read DM file ({exc})") from None
+                raise _broken(spec.path, exc) from None
             signals = _read_signals(spec.path, lazy=False)  # RGB(A): no lazy reading
             self._lazy = False
         except Exception as exc:  # rsciio raises many kinds on broken files
-            raise InputFileError(f"{spec.path}: cannot read DM file ({exc})") from None
+            raise _broken(spec.path, exc) from None
         self._signal_number, signal = _pick_image(signals, spec.path)
         data = signal["data"]
         shape = tuple(int(n) for n in data.shape)
@@ -141,6 +180,12 @@ class DMSource(StoredHeaderSource):
 
     def read_frame(self, index: int) -> np.ndarray:
         self._check_index(index)
+        try:
+            return self._read_frame(index)
+        except (OSError, ValueError, struct.error, EOFError) as exc:
+            raise _broken(self.spec.path, exc) from None
+
+    def _read_frame(self, index: int) -> np.ndarray:
         if self._data is not None:
             data = self._data
             part = data if data.ndim == 2 else data[index]

@@ -172,3 +172,12 @@ class HDF5Source(StoredHeaderSource):
             dataset = h5[self.dataset_name]
             frame = dataset[()] if dataset.ndim == 2 else dataset[index]
         return np.asarray(frame)
+
+    reads_regions = True
+
+    def read_region(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        self._check_index(index)
+        with _open(self.spec) as h5:
+            dataset = h5[self.dataset_name]
+            part = dataset[rows, cols] if dataset.ndim == 2 else dataset[index, rows, cols]
+        return np.asarray(part)

@@ -8,10 +8,12 @@ subgroups). Complex images are stored as the 8-byte compound of two float32
 members ``r`` (offset 0) and ``i`` (offset 4), which h5py reads back as
 complex64.
 
-Writes are atomic: :class:`HoloOutputFile` works on a temporary file in the
-destination folder (a copy of the existing file, if there is one) and moves it
-into place with :func:`os.replace` only when the ``with`` block ends without an
-exception. On an exception or an interrupt the temporary file is removed and an
+Writes are atomic, checked and locked (:mod:`holodask.io.safe_write`):
+:class:`HoloOutputFile` writes a new temporary file in the destination folder;
+when the ``with`` block ends without an exception, the objects of an existing
+file are copied into it, except the result under the prefix (see
+:data:`RESULT_NAMES`), and it is moved into place with :func:`os.replace`, under
+a lock. On an exception or an interrupt the temporary file is removed and an
 earlier file is left untouched. If the writing process is killed outright
 (SIGKILL), a small watcher process started with the file removes the temporary
 file as soon as the writer's end of a pipe closes.
@@ -21,9 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,11 @@ import numpy as np
 
 from holodask import __version__
 from holodask.errors import DataError, HolodaskError, InputFileError, ParameterError
+from holodask.io.safe_write import TEMP_SUFFIX, AtomicOutput, check_output_name
 
 #: complex values on disk: compound of float32 ``r`` (offset 0) and ``i`` (offset 4)
 COMPLEX_DTYPE = np.dtype({"names": ["r", "i"], "formats": ["<f4", "<f4"],
                           "offsets": [0, 4], "itemsize": 8})
-
-#: suffix of temporary files (hidden, in the destination folder)
-TEMP_SUFFIX = ".holodask-tmp"
 
 #: name of the cut-off attribute in the reference program's documentation
 CUT_OFF_ATTR = "reconstructionCutOff2(nm2)"
@@ -283,20 +280,15 @@ def frame_name(index: int) -> str:
 # the writer
 # ----------------------------------------------------------------------------
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+#: what a run writes under its prefix; writing a prefix replaces all of them
+RESULT_NAMES = ("data", "variance", "empty", "series", "aligned_rois")
 
 
-def check_output_path(path) -> Path:
-    """Validate an output path: its folder must exist and it must not be a folder."""
-    if path is None or str(path) == "":
-        raise ParameterError("output_name: an output file name is required")
-    path = Path(path)
-    if path.is_dir():
-        raise InputFileError(f"output file {path} is a directory, expected a file name")
-    folder = path.parent if str(path.parent) else Path(".")
+def check_output_path(path, what: str | None = None) -> Path:
+    """Validate an output path: not empty, not a folder, not ending in a separator, in an
+    existing folder (the checks that need no file system access beyond that)."""
+    path = check_output_name(path, what or "output_name")
+    folder = path.parent
     if not folder.is_dir():
         raise InputFileError(f"output file {path}: folder {folder} does not exist")
     if path.exists() and not os.access(path, os.R_OK):
@@ -304,36 +296,46 @@ def check_output_path(path) -> Path:
     return path
 
 
-class _TempWatcher:
-    """Removes a temporary file if the writing process dies without cleaning up.
+def _copy_link_or_object(source: h5py.Group, name: str, destination: h5py.Group) -> None:
+    link = source.get(name, getlink=True)
+    if isinstance(link, h5py.SoftLink):
+        destination[name] = h5py.SoftLink(link.path)
+    elif isinstance(link, h5py.ExternalLink):
+        destination[name] = h5py.ExternalLink(link.filename, link.path)
+    else:
+        source.copy(name, destination, name=name)
 
-    A tiny shell process waits for end-of-file on a pipe whose write end only
-    this process holds; end-of-file comes on a clean close or when the process
-    is killed (even with SIGKILL), and the watcher then removes the file (a
-    no-op when it has already been moved into place).
-    """
 
-    def __init__(self, temp_path: Path):
-        self._proc = None
-        if os.name != "posix" or shutil.which("sh") is None:
-            return
-        try:
-            self._proc = subprocess.Popen(
-                ["sh", "-c", 'cat >/dev/null; rm -f -- "$1"', "holodask-tmp-watch", str(temp_path)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                close_fds=True, start_new_session=True)
-        except OSError:
-            self._proc = None
+def _copy_attrs(source, destination) -> None:
+    for key, value in source.attrs.items():
+        if key not in destination.attrs:
+            destination.attrs[key] = value
 
-    def close(self) -> None:
-        if self._proc is None:
-            return
-        try:
-            self._proc.stdin.close()
-            self._proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self._proc = None
+
+def keep_objects(existing: h5py.Group, new: h5py.Group, replaced: set[str], what: str = "output_prefix") -> None:
+    """Copy every object of ``existing`` into ``new`` except those named in ``replaced``
+    (full names without the leading ``/``) and what lies under them; groups that hold
+    both kept and new objects are merged, attributes the new group lacks are copied."""
+    _copy_attrs(existing, new)
+    for name in existing:
+        full = f"{existing.name.rstrip('/')}/{name}".lstrip("/")
+        if full in replaced:
+            continue
+        link = existing.get(name, getlink=True)
+        is_group = isinstance(link, h5py.HardLink) and isinstance(existing.get(name), h5py.Group)
+        holds_replaced = any(r.startswith(full + "/") for r in replaced)
+        if name in new:
+            if is_group and isinstance(new.get(name), h5py.Group):
+                keep_objects(existing[name], new[name], replaced, what)
+                continue
+            raise ParameterError(
+                f"{what}: {full!r} is a {'group' if is_group else 'dataset'} in the existing "
+                f"output file and cannot hold what this run writes there"
+            )
+        if is_group and holds_replaced:
+            keep_objects(existing[name], new.create_group(name), replaced, what)
+            continue
+        _copy_link_or_object(existing, name, new)
 
 
 class HoloOutputFile:
@@ -344,26 +346,42 @@ class HoloOutputFile:
         with HoloOutputFile("result.hdf5", prefix="run1/") as out:
             out.write_dataset("data", wave, attrs)
 
+    The datasets go to a new temporary file (see
+    :class:`holodask.io.safe_write.AtomicOutput`: checked, exclusive, locked);
+    when the block ends without an exception, the objects of an existing
+    destination are copied into it, except everything the run replaces, and
+    it is moved into place.
+
     Parameters
     ----------
     path : str or Path
-        Destination file. Its folder must exist. An existing file is copied
-        and updated: datasets written replace those of the same name, every
-        other dataset and group is kept.
+        Destination file. Its folder must exist. Of an existing file (which
+        must be an HDF5 file that no other program has open for writing)
+        everything is kept except the result under ``prefix``: the objects
+        written, and every one of :data:`RESULT_NAMES` (a rewritten prefix
+        leaves no stale ``series`` behind). Other prefixes stay untouched.
     prefix : str
         Prepended to every name (``output_prefix``); a ``/`` makes subgroups.
     fresh : bool
-        Start from an empty file instead of a copy of the existing one (the
+        Start from an empty file instead of merging with the existing one (the
         existing file, whatever it holds, is replaced on a clean exit).
+    protected : iterable of paths
+        Files that must not be overwritten (inputs, the parameter file).
+    what : str
+        The parameter or option naming the file, for messages.
+    accept_existing : callable, optional
+        See :class:`~holodask.io.safe_write.AtomicOutput`.
     """
 
-    def __init__(self, path, prefix: str = "", *, fresh: bool = False):
+    def __init__(self, path, prefix: str = "", *, fresh: bool = False, protected: Iterable = (),
+                 what: str | None = "output_name", accept_existing=None):
         self.path = Path(path)
         self.prefix = (prefix or "").lstrip("/")
         self.fresh = bool(fresh)
+        self._output = AtomicOutput(path, what=what, kind="hdf5", protected=protected,
+                                    merge=None if fresh else self._merge, accept_existing=accept_existing)
         self._file: h5py.File | None = None
-        self._temp_path: Path | None = None
-        self._watcher: _TempWatcher | None = None
+        self._written: set[str] = set()
 
     # -- context management --------------------------------------------------
     def __enter__(self) -> "HoloOutputFile":
@@ -373,77 +391,73 @@ class HoloOutputFile:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             self.commit()
-        else:
-            self.abort()
-        return False
+            return False
+        self._close_file()
+        return self._output.__exit__(exc_type, exc, tb)
 
     def open(self) -> None:
-        """Create the temporary file (a copy of an existing destination)."""
-        path = check_output_path(self.path)
-        exists = path.exists()
-        copy = exists and not self.fresh
-        if copy and not h5py.is_hdf5(path):
-            raise InputFileError(f"output file {path} exists and is not an HDF5 file; "
-                                 "remove it or choose another output_name")
-        folder = path.parent if str(path.parent) else Path(".")
+        """Check the destination and create the temporary file."""
+        self._output.open()
+        self.path = self._output.path
         try:
-            fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
-                                             dir=folder)
-        except OSError as exc:
-            raise InputFileError(f"cannot write output file {path}: {exc.strerror}") from exc
-        os.close(fd)
-        self._temp_path = Path(temp_name)
-        try:
-            self._watcher = _TempWatcher(self._temp_path)
-            if copy:
-                shutil.copyfile(path, self._temp_path)
-            mode = os.stat(path).st_mode & 0o7777 if exists else 0o666 & ~_umask()
-            os.chmod(self._temp_path, mode)
-            self._file = h5py.File(self._temp_path, "r+" if copy else "w")
+            if not self.fresh:
+                self._check_prefix_against(self.path)
+            self._file = h5py.File(self._output.open_name(), "w")
         except BaseException as exc:
             self.abort()
-            if isinstance(exc, OSError):
-                raise InputFileError(f"cannot write output file {path}: {exc}") from exc
+            if isinstance(exc, OSError) and not isinstance(exc, HolodaskError):
+                raise InputFileError(f"cannot write output file {self.path}: {exc.strerror or exc}") from exc
             raise
 
-    def commit(self) -> None:
-        """Close the temporary file and move it into place."""
-        if self._temp_path is None:
+    def _check_prefix_against(self, existing: Path) -> None:
+        """Refuse a prefix that runs through a dataset of the existing file (before any work)."""
+        parts = [p for p in self.prefix.split("/")[:-1] if p]
+        if not parts or not existing.exists():
             return
-        try:
-            if self._file is not None:
+        with h5py.File(existing, "r") as f:
+            group = f
+            for part in parts:
+                item = group.get(part)
+                if item is None:
+                    return
+                if not isinstance(item, h5py.Group):
+                    raise ParameterError(
+                        f"output_prefix: {item.name!r} in {existing} is a dataset, "
+                        f"cannot create {self.prefix!r} under it")
+                group = item
+
+    def replaced_names(self) -> set[str]:
+        """Full names of what this file replaces in an existing destination."""
+        return set(self._written) | {self.full_name(name) for name in RESULT_NAMES}
+
+    def _merge(self, open_name: str, existing: Path) -> None:
+        with h5py.File(open_name, "r+") as new, h5py.File(existing, "r") as old:
+            keep_objects(old, new, self.replaced_names())
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
                 self._file.close()
+            except Exception:  # noqa: BLE001 - closing a broken file must not mask the error
+                pass
+            self._file = None
+
+    def commit(self) -> None:
+        """Close the temporary file, merge it with the existing one and move it into place."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except BaseException:
                 self._file = None
-            os.replace(self._temp_path, self.path)
-            self._temp_path = None
-        except BaseException:
-            self.abort()
-            raise
-        finally:
-            self._close_watcher()
+                self.abort()
+                raise
+            self._file = None
+        self._output.commit()
 
     def abort(self) -> None:
         """Close and remove the temporary file; the destination stays untouched."""
-        try:
-            if self._file is not None:
-                try:
-                    self._file.close()
-                except Exception:  # noqa: BLE001 - closing a broken file must not mask the error
-                    pass
-                self._file = None
-        finally:
-            if self._temp_path is not None:
-                try:
-                    os.unlink(self._temp_path)
-                except FileNotFoundError:
-                    pass
-                self._temp_path = None
-            self._close_watcher()
-
-    def _close_watcher(self) -> None:
-        if self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
+        self._close_file()
+        self._output.abort()
 
     # -- access ----------------------------------------------------------------
     @property
@@ -477,6 +491,7 @@ class HoloOutputFile:
             group = group[part]
         if full in self.file:
             del self.file[full]
+        self._written.add(full)
         return full
 
     # -- writing -----------------------------------------------------------------
@@ -540,5 +555,6 @@ class HoloOutputFile:
 __all__ = [
     "COMPLEX_DTYPE", "HoloOutputFile", "read_complex", "standard_attrs", "hologram_attrs",
     "dim_attrs", "attribute_value", "set_attributes", "frame_name", "check_output_path",
-    "to_complex_array", "CUT_OFF_ATTR", "CUT_OFF_ATTR_REFERENCE",
+    "to_complex_array", "CUT_OFF_ATTR", "CUT_OFF_ATTR_REFERENCE", "RESULT_NAMES", "TEMP_SUFFIX",
+    "keep_objects",
 ]

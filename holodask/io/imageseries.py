@@ -23,8 +23,6 @@ Metadata is a mapping: ``sampling_nm``, ``voltage_kV``, ``binning``,
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -199,24 +197,25 @@ def _n_frames_if_known(frames: Any) -> int | None:
 
 
 @contextmanager
-def _atomic_output(path: Path, copy_existing: bool = False) -> Iterator[Path]:
-    """A temporary file beside ``path`` that replaces it on a clean exit."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise InputFileError(f"{path}: output folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        if copy_existing and path.exists():
-            shutil.copyfile(path, tmp)
-        else:
-            tmp.unlink()
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+def _atomic_output(path: Path, kind: str, *, keep_except: str | None = None, protected=(),
+                   what: str | None = "OUTPUT") -> Iterator[str]:
+    """A name of a new temporary file beside ``path`` that replaces it on a clean exit
+    (:class:`holodask.io.safe_write.AtomicOutput`). With ``keep_except`` (an HDF5 group),
+    every other object of an existing HDF5 file is kept."""
+    from holodask.io.safe_write import AtomicOutput
+
+    merge = None
+    if keep_except is not None:
+        def merge(open_name: str, existing: Path) -> None:
+            import h5py
+
+            from holodask.io.holo_hdf5 import keep_objects
+
+            with h5py.File(open_name, "r+") as new, h5py.File(existing, "r") as old:
+                keep_objects(old, new, {keep_except}, what="path")
+
+    with AtomicOutput(path, what=what, kind=kind, protected=protected, merge=merge) as out:
+        yield out.open_name()
 
 
 def _validate_gzip(gzip: Any) -> int:
@@ -236,6 +235,7 @@ def write_hdf5_series(
     shuffle: bool = True,
     chunk_rows: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    protected: Iterable = (),
 ) -> int:
     """Write frames as an HDF5 image series (group ``group_path``, dataset ``images``).
 
@@ -256,6 +256,8 @@ def write_hdf5_series(
     metadata
         Scalars become attributes of the group, per-frame 1-D values of length
         n_frames become datasets beside ``images``.
+    protected
+        Files that must not be overwritten (the inputs).
 
     Returns
     -------
@@ -278,10 +280,8 @@ def write_hdf5_series(
     path = Path(path)
     n_known = _n_frames_if_known(frames)
     frame_iter = _iter_frames(frames)
-    with _atomic_output(path, copy_existing=True) as tmp:
-        with h5py.File(tmp, "a") as h5:
-            if group_path in h5:
-                del h5[group_path]
+    with _atomic_output(path, "hdf5", keep_except=group_path, protected=protected) as tmp:
+        with h5py.File(tmp, "w") as h5:
             group = h5.create_group(group_path)
             dataset = None
             count = 0
@@ -356,6 +356,7 @@ def write_frame_cache(
     threshold: float,
     output_yaml: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    protected: Iterable = (),
 ) -> int:
     """Write frames as a sparse frame cache.
 
@@ -372,6 +373,8 @@ def write_frame_cache(
         Write the YAML form (metadata in the YAML ``meta``) instead of one ``.npz``.
     metadata
         See the module docstring; stored as extra ``.npz`` keys, or in ``meta``.
+    protected
+        Files that must not be overwritten (the inputs).
 
     Returns
     -------
@@ -406,8 +409,8 @@ def write_frame_cache(
     dtype = None
     dense_frames: list[int] = []
     count = 0
-    with _atomic_output(npz_path) as tmp_npz:
-        with zipfile.ZipFile(tmp_npz, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+    with _atomic_output(npz_path, "zip", protected=protected) as tmp_npz:
+        with open(tmp_npz, "wb") as npz_file, zipfile.ZipFile(npz_file, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
             for index, frame in enumerate(_iter_frames(frames)):
                 if frame.dtype.kind == "c":
                     raise DataError("frame cache: complex frames cannot be thresholded")
@@ -444,7 +447,7 @@ def write_frame_cache(
                 },
                 "meta": {key: _yaml_value(value) for key, value in meta.items()},
             }
-            with _atomic_output(path) as tmp_yaml:
+            with _atomic_output(path, "frame-cache-yaml", protected=[*protected, npz_path]) as tmp_yaml:
                 with open(tmp_yaml, "w", encoding="utf-8") as stream:
                     yaml.safe_dump(document, stream, sort_keys=False)
     if dense_frames:

@@ -26,6 +26,7 @@ from holodask import __version__
 from holodask.constants import electron_wavelength_nm
 from holodask.errors import DataError, ParameterError
 from holodask.io.holo_hdf5 import HoloOutputFile, check_output_path
+from holodask.io.safe_write import AtomicOutput, same_file_as
 
 #: refractive index of the medium: electrons travel in vacuum
 MEDIUM_INDEX = 1.0
@@ -94,8 +95,19 @@ def average_path(out_path) -> Path:
     return out_path.with_name(f"{out_path.stem}_average{out_path.suffix or '.h5'}")
 
 
+def not_a_qpimage(path: Path) -> str | None:
+    """Why an existing HDF5 file is no QPImage/QPSeries to replace (None: it is one)."""
+    with h5py.File(path, "r") as f:
+        if "qpimage version" in f.attrs or "amplitude" in f and "phase" in f:
+            return None
+        if len(f) == 0 or any(name.startswith("qpi_") for name in f):
+            return None
+    return "is not a QPImage or QPSeries file"
+
+
 def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False,
-                   unwrap: bool = True, voltage_kV: float | None = None) -> list[Path]:
+                   unwrap: bool = True, voltage_kV: float | None = None, *,
+                   protected=(), what: str = "--qpimage") -> list[Path]:
     """Export a result file to QPImage (average) or QPSeries (individual holograms).
 
     Parameters
@@ -115,6 +127,10 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
         Unwrap the phase (:func:`skimage.restoration.unwrap_phase`).
     voltage_kV : float, optional
         Acceleration voltage, when the result does not record it.
+    protected : iterable of paths
+        Further files that must not be overwritten (the result file never is).
+    what : str
+        The option or parameter naming ``out_path``, for messages.
 
     Returns
     -------
@@ -123,17 +139,25 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
     """
     from holodask.results import open_result
 
-    out_path = check_output_path(out_path)
+    out_path = check_output_path(out_path, what)
+    protected = [result_path, *protected]
+    targets = [out_path] + ([average_path(out_path)] if series else [])
+    for target in targets:
+        match = same_file_as(target, protected)
+        if match is not None:
+            raise ParameterError(f"{what}: {target} is the input {match}; it would be overwritten "
+                                 "(choose another name)")
     result = open_result(result_path, prefix=prefix)
     source = Path(result_path).name
     label = f"{source}:{prefix}"
     written: list[Path] = []
+    options = dict(protected=protected, what=what, accept_existing=not_a_qpimage)
     if not series:
         if "data" not in result:
             raise DataError(f"result file {result_path} holds no averaged object wave "
                             f"'{prefix}data' to export")
         meta = qpimage_meta(result, voltage_kV=voltage_kV, identifier=f"holodask:{label}data")
-        with HoloOutputFile(out_path, fresh=True) as out:
+        with HoloOutputFile(out_path, fresh=True, **options) as out:
             _write_qpimage(out.file, result["data"].values, meta, unwrap)
         return [out_path]
     if "series" not in result:
@@ -144,7 +168,7 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
     average = average_path(out_path) if "data" in result else None
     if average is not None and average.resolve() == out_path.resolve():
         raise ParameterError(f"--qpimage: {out_path} would hold both the series and the average")
-    with HoloOutputFile(out_path, fresh=True) as out:
+    with HoloOutputFile(out_path, fresh=True, **options) as out:
         out.file.attrs["identifier"] = f"holodask:{label}series"
         out.file.attrs["qpimage version"] = QPIMAGE_FORMAT_VERSION
         for k, frame_index in enumerate(frames["frame"].values):
@@ -153,7 +177,7 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
             _write_qpimage(group, wave, {**meta, "identifier":
                                          f"holodask:{label}series:{int(frame_index)}"}, unwrap)
         if average is not None:
-            with HoloOutputFile(average, fresh=True) as out_average:
+            with HoloOutputFile(average, fresh=True, **options) as out_average:
                 _write_qpimage(out_average.file, result["data"].values,
                                {**meta, "identifier": f"holodask:{label}data"}, unwrap)
             written.append(average)
@@ -177,11 +201,18 @@ def check_run_export(params, output_path, voltage_kV=None) -> Path | None:
     if voltage_kV is None:
         raise ParameterError("output_qpimage: the wavelength needs the voltage; the files carry none, "
                              "give the parameter 'voltage' in kV")
-    out_path = check_output_path(params.output_qpimage)
+    out_path = check_output_path(params.output_qpimage, "output_qpimage")
     targets = [out_path] + ([average_path(out_path)] if params.output_series else [])
     if any(Path(t).resolve() == Path(output_path).resolve() for t in targets):
         raise ParameterError(f"output_qpimage: {out_path} would overwrite the output file "
                              f"{output_path} (output_name)")
+    for target in targets:
+        match = same_file_as(target, [output_path, *params.protected_paths()])
+        if match is not None:
+            raise ParameterError(f"output_qpimage: {target} would overwrite the input {match}; "
+                                 "set 'output_qpimage' to another file")
+        # every check of the writer, before the run
+        AtomicOutput(target, what="output_qpimage", kind="hdf5", accept_existing=not_a_qpimage).check()
     return out_path
 
 
@@ -191,7 +222,8 @@ def export_run(params, output_path) -> list[Path]:
     if not params.output_qpimage:
         return []
     return export_qpimage(output_path, params.output_qpimage, prefix=params.output_prefix,
-                          series=bool(params.output_series))
+                          series=bool(params.output_series), protected=params.protected_paths(),
+                          what="output_qpimage")
 
 
 __all__ = ["export_qpimage", "check_run_export", "export_run", "wave_to_amplitude_phase", "qpimage_meta", "average_path",

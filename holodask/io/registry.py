@@ -151,6 +151,14 @@ class FrameSource(ABC):
     def read_frame(self, index: int) -> np.ndarray:
         """Read frame ``index`` (0-based) as a 2-D array of :attr:`dtype`."""
 
+    #: whether :meth:`read_region` reads only the region (not the whole frame first)
+    reads_regions: bool = False
+
+    def read_region(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        """Read the part ``[rows, cols]`` of frame ``index``. This default reads the whole
+        frame; readers that can read less override it (and set :attr:`reads_regions`)."""
+        return np.asarray(self.read_frame(index))[rows, cols]
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.spec)!r})"
 

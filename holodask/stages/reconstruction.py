@@ -461,9 +461,19 @@ def empty_for(empty, params: HoloParams, object_sampling: float | None = None) -
         return EmptyWave(None, None, wave, {}, (1.0, 1.0), False)
     if params.empty_series is None:
         return None
+    return reconstruct_empty(open_checked_series(params.empty_series, params), params)
+
+
+def open_checked_series(series_spec, params: HoloParams) -> FrameSeries:
+    """A series the parameters name, opened (headers only) with every frame checked as it is
+    read (:func:`holodask.checks.check_hologram_frame`), its pixel type checked and, where
+    ``sideband_pos`` is given, fringes there in its first frame (read here)."""
+    from holodask.checks import check_hologram_frame, check_hologram_series
     from holodask.series import open_frame_series
 
-    return reconstruct_empty(open_frame_series(params.empty_series, params, basepath=params.basepath), params)
+    series = open_frame_series(series_spec, params, basepath=params.basepath, check=check_hologram_frame)
+    check_hologram_series(series, params)
+    return series
 
 
 def _camera_empty(value, camera_shape, only_phase: bool) -> np.ndarray:
