@@ -190,7 +190,11 @@ def _plot_panels(panels, ax):
     fig, axes = _figure(len(panels), ax)
     for axis, (image, title, cmap) in zip(axes, panels):
         extent, unit = _extent(image)
-        shown = axis.imshow(np.asarray(image.values), cmap=cmap, extent=extent, interpolation="nearest")
+        values = np.asarray(image.values)
+        # colour limits robust to a few extreme pixels (edges, hot pixels), except for a phase
+        limits = (None, None) if cmap == "twilight" else tuple(np.nanpercentile(values, (0.5, 99.5)))
+        shown = axis.imshow(values, cmap=cmap, extent=extent, interpolation="nearest", vmin=limits[0],
+                            vmax=limits[1])
         axis.set_title(title)
         axis.set_xlabel(f"x ({unit})")
         axis.set_ylabel(f"y ({unit})")
