@@ -203,59 +203,11 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
                    and isinstance(f[f"{prefix}{n}"], h5py.Dataset)]
         has_series = f"{prefix}series" in f
         if not present and not has_series:
-            prefixes = _find_prefixes(f)
-            hint = (f"; it holds results with prefix {', '.join(repr(p) for p in prefixes)}"
-                    if prefixes else "")
-            raise InputFileError(f"result file {path} holds no result with prefix {prefix!r} "
-                                 f"(no dataset {prefix}data, {prefix}empty or {prefix}series){hint}")
-        variables: dict[str, xr.DataArray] = {}
-        attrs: dict[str, Any] = {}
-        main_attrs: dict[str, Any] = {}
-        y = x = np.array([])
-        sampling = None
-        main = next((n for n in ("data", "variance", "empty") if n in present), None)
-        if main is not None:
-            main_attrs = dict(f[f"{prefix}{main}"].attrs)
-            y, x, sampling = _axis_coords(main_attrs, f[f"{prefix}{main}"].shape)
-        for name in present:
-            dataset = f[f"{prefix}{name}"]
-            if dataset.ndim != 2:
-                raise DataError(f"result file {path}: {dataset.name} has shape {dataset.shape}, "
-                                "expected a 2-D image")
-            values = (dataset[()].astype(np.float32) if name == "variance"
-                      else read_complex(dataset))
-            ds_y, ds_x, _ = _axis_coords(dataset.attrs, dataset.shape)
-            if (ds_y.shape == y.shape and ds_x.shape == x.shape
-                    and np.allclose(ds_y, y) and np.allclose(ds_x, x)):
-                variables[name] = xr.DataArray(values, dims=("y", "x"), coords={"y": y, "x": x})
-            else:
-                dims = (f"{name}_y", f"{name}_x")
-                variables[name] = xr.DataArray(values, dims=dims,
-                                               coords={dims[0]: ds_y, dims[1]: ds_x})
-            for key, value in dataset.attrs.items():
-                if key not in _NOT_ATTRS and key not in attrs:
-                    attrs[key] = _python_value(value)
+            _no_result(f, path, prefix)
+        variables, attrs, main_attrs, (y, x, sampling), main = _images(f, path, prefix, present)
         if main is None and has_series:
-            series_obj = f[f"{prefix}series"]
-            main_attrs = dict(series_obj.attrs)
-        # per-hologram results
-        n_frames = None
-        for key, (var, has_xy) in _PER_FRAME.items():
-            if key not in main_attrs:
-                continue
-            value = np.asarray(main_attrs[key])
-            if key == "factor":
-                if value.dtype.names:
-                    value = value[value.dtype.names[0]] + 1j * value[value.dtype.names[1]]
-                elif value.dtype.kind != "c" and value.ndim == 2 and value.shape[-1] == 2:
-                    value = value[:, 0] + 1j * value[:, 1]  # (real, imaginary) pairs
-                value = value.astype(np.complex128).ravel()
-            if has_xy:
-                value = value.reshape(-1, 2)
-                variables[var] = xr.DataArray(value, dims=("frame", "xy"))
-            else:
-                variables[var] = xr.DataArray(value.ravel(), dims=("frame",))
-            n_frames = variables[var].shape[0]
+            main_attrs = dict(f[f"{prefix}series"].attrs)
+        n_frames = _per_frame_variables(variables, main_attrs)
         empty_outliers = _empty_outliers(f, prefix, present) if main != "empty" else None
         if empty_outliers is not None:  # (an empty-only result has them as ``outliers``)
             variables["empty_outliers"] = empty_outliers
@@ -269,10 +221,72 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
             n_frames = series.shape[0] if n_frames is None else n_frames
         param_text = main_attrs.get("holoaverage_param")
         if param_text is None:
-            for name in present:
-                param_text = f[f"{prefix}{name}"].attrs.get("holoaverage_param")
-                if param_text is not None:
-                    break
+            param_text = next((f[f"{prefix}{name}"].attrs["holoaverage_param"] for name in present
+                               if "holoaverage_param" in f[f"{prefix}{name}"].attrs), None)
+    result = xr.Dataset(variables, coords=_frame_coords(variables, main_attrs, n_frames))
+    result.attrs.update(_result_attrs(attrs, param_text, sampling, path, prefix))
+    return result
+
+
+def _no_result(f: h5py.File, path: Path, prefix: str) -> None:
+    prefixes = _find_prefixes(f)
+    hint = f"; it holds results with prefix {', '.join(repr(p) for p in prefixes)}" if prefixes else ""
+    raise InputFileError(f"result file {path} holds no result with prefix {prefix!r} "
+                         f"(no dataset {prefix}data, {prefix}empty or {prefix}series){hint}")
+
+
+def _images(f: h5py.File, path: Path, prefix: str, present: list[str]):
+    """The image variables (``data``, ``empty``, ``variance``), their attributes, the attributes
+    of the main one, its (y, x, sampling) and its name."""
+    variables: dict[str, xr.DataArray] = {}
+    attrs: dict[str, Any] = {}
+    main_attrs: dict[str, Any] = {}
+    y = x = np.array([])
+    sampling = None
+    main = next((n for n in ("data", "variance", "empty") if n in present), None)
+    if main is not None:
+        main_attrs = dict(f[f"{prefix}{main}"].attrs)
+        y, x, sampling = _axis_coords(main_attrs, f[f"{prefix}{main}"].shape)
+    for name in present:
+        dataset = f[f"{prefix}{name}"]
+        if dataset.ndim != 2:
+            raise DataError(f"result file {path}: {dataset.name} has shape {dataset.shape}, "
+                            "expected a 2-D image")
+        values = dataset[()].astype(np.float32) if name == "variance" else read_complex(dataset)
+        ds_y, ds_x, _ = _axis_coords(dataset.attrs, dataset.shape)
+        if ds_y.shape == y.shape and ds_x.shape == x.shape and np.allclose(ds_y, y) and np.allclose(ds_x, x):
+            variables[name] = xr.DataArray(values, dims=("y", "x"), coords={"y": y, "x": x})
+        else:
+            dims = (f"{name}_y", f"{name}_x")
+            variables[name] = xr.DataArray(values, dims=dims, coords={dims[0]: ds_y, dims[1]: ds_x})
+        for key, value in dataset.attrs.items():
+            if key not in _NOT_ATTRS and key not in attrs:
+                attrs[key] = _python_value(value)
+    return variables, attrs, main_attrs, (y, x, sampling), main
+
+
+def _per_frame_variables(variables: dict, main_attrs: dict) -> int | None:
+    """The per-hologram fit attributes as variables along ``frame``; their number of frames."""
+    n_frames = None
+    for key, (var, has_xy) in _PER_FRAME.items():
+        if key not in main_attrs:
+            continue
+        value = np.asarray(main_attrs[key])
+        if key == "factor":
+            if value.dtype.names:
+                value = value[value.dtype.names[0]] + 1j * value[value.dtype.names[1]]
+            elif value.dtype.kind != "c" and value.ndim == 2 and value.shape[-1] == 2:
+                value = value[:, 0] + 1j * value[:, 1]  # (real, imaginary) pairs
+            value = value.astype(np.complex128).ravel()
+        if has_xy:
+            variables[var] = xr.DataArray(value.reshape(-1, 2), dims=("frame", "xy"))
+        else:
+            variables[var] = xr.DataArray(value.ravel(), dims=("frame",))
+        n_frames = variables[var].shape[0]
+    return n_frames
+
+
+def _frame_coords(variables: dict, main_attrs: dict, n_frames: int | None) -> dict:
     coords: dict[str, Any] = {}
     if n_frames is not None:
         frame_index = main_attrs.get("frame_index")
@@ -282,16 +296,20 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
             coords["frame"] = np.arange(n_frames)
     if any("xy" in v.dims for v in variables.values()):
         coords["xy"] = ["x", "y"]
-    result = xr.Dataset(variables, coords=coords)
+    return coords
+
+
+def _result_attrs(attrs: dict, param_text, sampling, path: Path, prefix: str) -> dict:
+    """The Dataset's attributes: the datasets', the parsed parameters, calibration, provenance."""
+    attrs = dict(attrs)
+    attrs["parameters"] = {}
     if param_text is not None:
         text = _python_value(param_text)
         attrs["holoaverage_param"] = text
         try:
             attrs["parameters"] = json.loads(text)
         except (TypeError, ValueError):
-            attrs["parameters"] = {}
-    else:
-        attrs["parameters"] = {}
+            pass
     if CUT_OFF_ATTR_REFERENCE in attrs and CUT_OFF_ATTR not in attrs:
         attrs[CUT_OFF_ATTR] = attrs[CUT_OFF_ATTR_REFERENCE]
     if sampling is not None:
@@ -300,8 +318,7 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
         attrs["voltage_kV"] = float(attrs["voltage(kV)"])
     attrs["source"] = str(path)
     attrs["prefix"] = prefix
-    result.attrs.update(attrs)
-    return result
+    return attrs
 
 
 def result_prefixes(path) -> list[str]:
