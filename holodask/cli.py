@@ -113,6 +113,10 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _resume_hint(args) -> str:
+    return "; the checkpoint is kept: the same command continues from it" if getattr(args, "resume", False) else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     import os
@@ -141,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Terminated as exc:
         print(f"holodask: stopped by {_signal_name(exc.signum)}; the files being written were removed, "
-              "earlier files are intact", file=sys.stderr)
+              f"earlier files are intact{_resume_hint(args)}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print("holodask: interrupted; the files being written were removed, earlier files are intact",
-              file=sys.stderr)
+        print(f"holodask: interrupted; the files being written were removed, earlier files are intact"
+              f"{_resume_hint(args)}", file=sys.stderr)
         return 130
     finally:
         import signal

@@ -9,7 +9,8 @@
 Scheduler choices (in :class:`SchedulerOptions`):
 
 * nothing set: Dask's threaded scheduler in this process, no set-up
-  (``workers`` alone, or ``threads_per_worker``/``memory_limit``, start a local cluster);
+  (``workers`` or ``threads_per_worker`` start a local cluster; ``memory_limit`` alone is the
+  budget of the threads, see :mod:`holodask.memory`);
 * ``cluster="local"``: a :class:`distributed.LocalCluster` of process workers
   (``workers``, ``threads_per_worker``, ``memory_limit`` such as ``"4GB"``);
 * ``scheduler="tcp://HOST:PORT"`` or the path of a scheduler file: an existing cluster;
@@ -91,10 +92,11 @@ class SchedulerOptions:
     ----------
     cluster : {None, "threads", "local", "slurm", "pbs", "sge", "lsf"}
         Kind of cluster to start; ``None`` means the threaded scheduler (or a local
-        cluster when ``workers``/``threads_per_worker``/``memory_limit`` are set).
+        cluster when ``workers``/``threads_per_worker`` are set).
     workers, threads_per_worker, memory_limit
         Size of a local cluster: worker processes, threads in each, memory limit of
-        each worker (``"4GB"``, bytes, or ``"auto"``).
+        each worker (``"4GB"``, bytes, or ``"auto"``). With the threaded scheduler,
+        ``memory_limit`` is the run's memory budget (default: what is available).
     scheduler : str
         Address ``tcp://HOST:PORT`` (or ``HOST:PORT``) of a running scheduler, or the
         path of its scheduler file.
@@ -177,7 +179,7 @@ class SchedulerOptions:
             return "scheduler"
         if self.cluster is not None:
             return self.cluster
-        if self.threads_per_worker is not None or self.memory_limit is not None:
+        if self.threads_per_worker is not None:
             return "local"
         if self.workers is not None:
             return "local"
@@ -205,7 +207,9 @@ def add_scheduler_arguments(parser) -> None:
     group.add_argument("--threads-per-worker", type=_positive_int, metavar="T",
                        help="threads in each local worker process")
     group.add_argument("--memory-limit", metavar="SIZE",
-                       help="memory limit of each local worker, e.g. 4GB")
+                       help="memory budget, e.g. 4GB: of the run (threads; default: the memory available, "
+                            "cgroup limits included) or of each local worker; a reconstructed series "
+                            "larger than half of it is kept in a Zarr store in --scratch")
     group.add_argument("--scheduler", metavar="ADDRESS_OR_FILE",
                        help="use a running Dask scheduler: tcp://HOST:PORT, tls://HOST:PORT (credentials "
                             "from Dask's distributed.comm.tls configuration) or a scheduler file")
@@ -218,7 +222,7 @@ def add_scheduler_arguments(parser) -> None:
     group.add_argument("--report", metavar="FILE.html",
                        help="save Dask's performance report (uses a distributed scheduler)")
     group.add_argument("--scratch", metavar="DIR",
-                       help="folder for temporary and spilled data")
+                       help="folder for temporary and spilled data (default: beside the output)")
     group.add_argument("--dashboard-address", metavar="HOST:PORT",
                        help=f"where the dashboard of a cluster holodask starts listens "
                             f"(default {DEFAULT_DASHBOARD}: this machine only; ':8787' for every interface)")
@@ -546,6 +550,7 @@ class _ComputeState:
     client: Any
     progress: bool
     scratch: Path | None = None
+    memory_limit: int | None = None  # bytes: the budget of the threaded scheduler
 
 
 _STATE: contextvars.ContextVar[_ComputeState | None] = contextvars.ContextVar("holodask_compute", default=None)
@@ -759,7 +764,12 @@ def compute_context(options: SchedulerOptions | None = None, **kwargs) -> Iterat
 
                 stack.enter_context(report)  # written when complete, through the checked writer
                 stack.enter_context(performance_report(filename=str(report.temp_path)))
-        token = _STATE.set(_ComputeState(client=client, progress=progress, scratch=scratch))
+        budget = None
+        if kind == "threads" and options.memory_limit is not None:
+            from holodask.memory import parse_size
+
+            budget = parse_size(options.memory_limit)
+        token = _STATE.set(_ComputeState(client=client, progress=progress, scratch=scratch, memory_limit=budget))
         stack.callback(_STATE.reset, token)
         yield client
 
@@ -792,6 +802,12 @@ def progress_enabled() -> bool:
     """Whether the enclosing :func:`compute_context` shows progress bars."""
     state = _STATE.get()
     return bool(state is not None and state.progress)
+
+
+def current_memory_limit() -> int | None:
+    """The memory budget (bytes) given to the enclosing threaded :func:`compute_context`."""
+    state = _STATE.get()
+    return state.memory_limit if state is not None else None
 
 
 def current_scratch() -> Path | None:

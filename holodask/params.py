@@ -129,6 +129,7 @@ class HoloParams:
     output_qpimage: str | None = None
     # holodask extensions
     outlier_cutoff: float | None = None
+    tolerance: float | None = None  # relative change of the residual that ends the rounds; None: all rounds
     # provenance
     basepath: Path = Path(".")  # folder relative paths were taken from
     folder: Path = Path(".")  # the folder given to the parser (``path`` is relative to it)
@@ -203,6 +204,7 @@ KNOWN_PARAMETERS: tuple[str, ...] = (
     # holodask extensions
     "output_qpimage",
     "outlier_cutoff",
+    "tolerance",
 )
 
 _FILTER_KINDS = ("EDGE", "GAUSSIAN", "BUTTERWORTH")
@@ -615,6 +617,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "defocus_first": (1e9, " nm"),
     "defocus_step": (1e9, " nm"),
     "outlier_cutoff": (1e6, ""),
+    "tolerance": (1.0, ""),
     "filter_func": (1e3, ""),
     "mtf": (1e6, ""),
     "sideband_pos": (limits.MAX_IMAGE_SIDE, " px"),
@@ -1183,6 +1186,7 @@ def _outputs(given: _Given, values: dict[str, Any], base: Path, parameter_file: 
     found["output_prefix"] = given.take("output_prefix", _check_str, "")
     found["output_qpimage"] = given.take("output_qpimage", _check_output_path, basepath=base)
     found["outlier_cutoff"] = given.take("outlier_cutoff", _check_float, positive=True)
+    found["tolerance"] = given.take("tolerance", _check_float, positive=True)
     inputs = input_paths(values)
     for key in ("output_name", "output_qpimage"):
         _check_not_input(key, found[key], inputs, parameter_file)

@@ -47,6 +47,7 @@ from holodask.stages.averaging import (
     empty_dataset,
     held_frames,
     hold_stack,
+    stored_stack,
 )
 from holodask.stages.reconstruction import (
     EMPTY_ITERATIONS,
@@ -77,7 +78,7 @@ def _output_file(params: HoloParams):
     return HoloOutputFile(Path(params.output_name), prefix=params.output_prefix, protected=params.protected_paths())
 
 
-def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset | Path":
+def run(params, basepath=None, client=None, *, load: bool = True, resume: bool = False) -> "xr.Dataset | Path":
     """Reconstruct and average as the parameters say; write the output file if they name one.
 
     Parameters
@@ -87,6 +88,8 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
     client : ``dask.distributed.Client`` to run on (None: the client of an enclosing
         :func:`holodask.cluster.compute_context`, else local threads).
     load : return the results as a Dataset (False: the output file's path).
+    resume : keep checkpoints (:mod:`holodask.stages.checkpoint`) and continue from those of
+        an earlier run with the same parameters and inputs that was killed.
 
     Returns
     -------
@@ -97,7 +100,7 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
     """
     from holodask.cluster import current_client, current_scratch
     from holodask.io.qpimage_export import check_run_export, export_run
-    from holodask.stages.rounds import stack_store
+    from holodask.memory import default_spill_base, spill_folder
 
     if not isinstance(params, HoloParams):
         params = load_parameters(params, basepath)
@@ -112,19 +115,27 @@ def run(params, basepath=None, client=None, *, load: bool = True) -> "xr.Dataset
         objects = open_checked_series(params.object_series, params)
     if params.output_qpimage:
         check_run_export(params, Path(params.output_name), objects.attrs.get("voltage_kV") if objects else None)
+    checkpoint = None
+    if resume and objects is not None and not params.only_align:
+        from holodask.stages.checkpoint import Checkpoint
+
+        checkpoint = Checkpoint.open(params, current_scratch())
     if client is not None:
         _share_fft_plans(params, objects, client)
-    with stack_store(current_scratch()), _output_file(params) as out:
+    spill_base = current_scratch() or default_spill_base(params.output_name)
+    with spill_folder(spill_base), _output_file(params) as out:
         if objects is None:
             result = _empty_only(params, out)
         elif params.only_align:
             result = _align_only(objects, params, out, client)
         else:
-            result, waves = _reconstruct_and_average(objects, params, out, client)
+            result, waves = _reconstruct_and_average(objects, params, out, client, checkpoint)
             if out is None:  # in memory: the Dataset, with the reconstructions where asked for
                 result = result.to_dataset()
                 if params.output_series:
                     result = result.assign(series=waves.to_dataarray().reset_coords(drop=True).rename("series"))
+    if checkpoint is not None:  # the output is written: the checkpoint has done its work
+        checkpoint.remove()
     if not params.output_name:
         return result
     output = Path(params.output_name)
@@ -168,12 +179,19 @@ def _align_only(objects: FrameSeries, params: HoloParams, out, client) -> "xr.Da
                       attrs={"source": str(params.output_name), "prefix": params.output_prefix})
 
 
-def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, client) -> tuple[Averaged, FrameSeries]:
+def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, client,
+                             checkpoint=None) -> tuple[Averaged, FrameSeries]:
     objects = repair_stack(objects, params)
     shifts = None
-    if params.output_aligned and out is not None:  # the ROIs need the drift first: aligned once, here
+    if checkpoint is not None:
+        shifts = checkpoint.raw_shifts()
+        if shifts is None:
+            shifts = raw_shifts(objects, params)
+            checkpoint.save_raw_shifts(shifts)
+    elif params.output_aligned and out is not None:  # the ROIs need the drift first: aligned once, here
         shifts = raw_shifts(objects, params)
-    waves = hold_stack(reconstruct_stack(objects, params, raw_shifts=shifts), client=client)
+    waves = reconstruct_stack(objects, params, raw_shifts=shifts)
+    waves = _held(waves, client, checkpoint)
     params = waves.attrs["params"]  # with what was found (sideband_pos, ...)
     if out is not None:
         empty = waves.attrs["empty"]
@@ -183,7 +201,7 @@ def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, clie
             _write_aligned_rois(out, objects, params, shifts, client)
         if params.output_series:
             _write_series(out, waves, params)
-    result = average_stack(waves, params, client=client)
+    result = average_stack(waves, params, client=client, checkpoint=checkpoint)
     if out is not None:
         out.write_dataset("data", result.data, result.hdf5_attrs)
         if result.variance is not None:
@@ -193,6 +211,20 @@ def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, clie
 
             write_outlier_counts(out, result.frame_values["outliers"], params)
     return result, waves
+
+
+def _held(waves: FrameSeries, client, checkpoint) -> FrameSeries:
+    """The reconstructed stack held for the rounds: in the checkpoint's store when there is
+    one (read back when an earlier run completed it), else where the budget allows."""
+    if checkpoint is None:
+        return hold_stack(waves, client=client)
+    kept = checkpoint.frames()
+    if kept is None:
+        held = hold_stack(waves, client=client, store=checkpoint.frames_store)
+        checkpoint.save_frames({name: held.coords[name] for name in waves.lazy_coords})
+        return held
+    log.info("reconstruction: %d holograms read back from the checkpoint", waves.n_frames)
+    return stored_stack(waves, checkpoint.frames_store, kept, client)
 
 
 def _frame_attrs(waves: FrameSeries, params: HoloParams) -> dict:

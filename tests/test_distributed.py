@@ -95,8 +95,11 @@ def test_run_survives_a_killed_worker(series, client, tmp_path):
     assert victim_pid not in client.run(os.getpid).values()
 
 
-def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
-    """With --scratch the stack lives in a Zarr store between rounds (bounded memory)."""
+@pytest.mark.parametrize("memory_limit, spilled", [("64kB", True), (None, False)])
+def test_a_stack_over_the_budget_spills_to_scratch_and_gives_the_same_result(series, tmp_path, memory_limit,
+                                                                             spilled, caplog):
+    """Over half the memory budget the stack lives in a Zarr store in --scratch between rounds
+    (bounded memory), with one message; under it in memory. The store is gone after the run."""
     sim, params, threaded = series
     from dataclasses import replace
 
@@ -119,12 +122,18 @@ def test_scratch_store_gives_the_same_result_and_is_removed(series, tmp_path):
 
     pipeline.hold_frames = spy
     try:
-        with compute_context(scratch=scratch):
+        with compute_context(scratch=scratch, memory_limit=memory_limit):
             got = run_pipeline(replace(params, output_name=str(tmp_path / "scratch.hdf5")))
     finally:
         pipeline.hold_frames = original
     _assert_same_data(got, threaded)
-    assert seen and all(store is not None and zarrs and stored for store, zarrs, stored in seen)
+    assert len(seen) == 1
+    store, zarrs, stored = seen[0]
+    assert (store is not None, bool(zarrs), stored) == (spilled, spilled, spilled)
+    messages = [r.getMessage() for r in caplog.records if "Zarr store" in r.getMessage()]
+    assert len(messages) == int(spilled)
+    if spilled:
+        assert str(scratch) in messages[0] and "exceed half of the memory budget (64 kB)" in messages[0]
     assert list(scratch.iterdir()) == []  # the stores are gone after the run
 
 

@@ -24,12 +24,12 @@ from holodask.optics import propagate
 from holodask.params import HoloParams, stage_parameters
 from holodask.series import FrameSeries
 from holodask.stages.reconstruction import EmptyWave, stack_of
-from holodask.stages.rounds import AverageResult, HeldFrames, StoredFrame, average_series, current_store_dir, hold_frames
+from holodask.stages.rounds import AverageResult, HeldFrames, StoredFrame, average_series, hold_frames
 
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["hold", "hold_stack", "average", "average_stack", "Averaged", "held_frames", "OBJECT_ITERATIONS",
+__all__ = ["hold", "hold_stack", "stored_stack", "average", "average_stack", "Averaged", "held_frames", "OBJECT_ITERATIONS",
            "DEFOCUS_START"]
 
 log = logging.getLogger("holodask")
@@ -86,17 +86,33 @@ def _warn_saturation(counts, frame_index, pixels: int) -> None:
         warnings.warn(f"frames {shown} have many saturated pixels (at the maximum of their integer type)")
 
 
-def hold_stack(series: FrameSeries, *, client=None, store_dir=None) -> FrameSeries:
+def _store_for(series: FrameSeries, client, store_dir, store):
+    """Where the held frames go: ``store_dir``/``store`` as given; with threads a spill
+    folder when they would take more than their share of the memory budget (said once)."""
+    from holodask.memory import format_size, held_budget_bytes, spill_dir
+
+    if store is not None or store_dir is not None or client is not None:
+        return store_dir
+    n_bytes = series.n_frames * series.shape[1] * series.shape[2] * np.dtype(np.complex64).itemsize
+    budget = held_budget_bytes()
+    if budget is None or n_bytes <= budget:
+        return None
+    folder = spill_dir()
+    log.warning("holodask: the %d reconstructed holograms (%s) exceed half of the memory budget (%s): "
+                "they are kept in a Zarr store in %s while they are averaged", series.n_frames,
+                format_size(n_bytes), format_size(2 * budget), folder)
+    return folder
+
+
+def hold_stack(series: FrameSeries, *, client=None, store_dir=None, store=None) -> FrameSeries:
     """:func:`hold` on a :class:`FrameSeries`: its graph then holds the frames themselves
     (arrays, futures on the workers, or readers of the Zarr store) and its coordinates
-    and empty wave are computed."""
+    and empty wave are computed. ``store``: the Zarr store to write (a checkpoint's)."""
     from holodask.cluster import current_client
     from holodask.stages.reconstruction import _FACTORS
 
     if client is None:
         client = current_client()
-    if store_dir is None:
-        store_dir = current_store_dir()
     empty = series.attrs.get("empty")
     lazy_empty = isinstance(empty, EmptyWave) and empty.lazy
     if not series.lazy_coords and not lazy_empty and held_frames(series) is not None:
@@ -106,8 +122,9 @@ def hold_stack(series: FrameSeries, *, client=None, store_dir=None) -> FrameSeri
     if lazy_empty:
         dsk.update(empty.dsk)
         also.append(empty.key)
+    store_dir = _store_for(series, client, store_dir, store)
     started = time.perf_counter()
-    held, values = hold_frames(dsk, series.keys, series.shape[1:], client, store_dir, also=also)
+    held, values = hold_frames(dsk, series.keys, series.shape[1:], client, store_dir, also=also, store=store)
     _FACTORS.clear()
     log.info("reconstruction: %d holograms in %.2f s", series.n_frames, time.perf_counter() - started)
     computed = dict(zip(also, values))
@@ -133,13 +150,30 @@ def hold_stack(series: FrameSeries, *, client=None, store_dir=None) -> FrameSeri
                        {}, dict(series.coord_attrs))
 
 
+def stored_stack(series: FrameSeries, store, coords: dict, client=None) -> FrameSeries:
+    """The held form of a reconstructed stack whose frames are already in the Zarr store
+    ``store`` (a checkpoint's), with its lazy coordinates as ``coords`` gives them; a lazy
+    empty wave is computed here."""
+    name = "stored-" + series.name
+    graph = {(name, k): (_stored_block, StoredFrame(str(store), k)) for k in range(series.n_frames)}
+    attrs = dict(series.attrs)
+    empty = attrs.get("empty")
+    if isinstance(empty, EmptyWave):
+        attrs["empty"] = empty.compute(client)
+    return FrameSeries(name, graph, list(graph), series.shape, series.dtype, series.frame_index,
+                       {**series.coords, **{k: np.asarray(v) for k, v in coords.items()}}, attrs, {},
+                       dict(series.coord_attrs))
+
+
 def hold(waves: "xr.DataArray", *, client=None, store_dir=None) -> "xr.DataArray":
     """Compute a reconstructed stack once and keep it, like :meth:`xarray.DataArray.persist`.
 
     The frames stay in this process's memory (threads), on the workers that
     computed them (a distributed client: the stack's chunks become futures),
     or in a Zarr store under ``store_dir`` (one frame per chunk, read back
-    where used: memory stays bounded). The lazy per-frame coordinates (raw
+    where used: memory stays bounded). With threads and no ``store_dir``, a
+    stack larger than half of the memory budget (:mod:`holodask.memory`) goes
+    to a Zarr store in the spill folder by itself. The lazy per-frame coordinates (raw
     drift, saturated pixels) and a lazy empty wave are computed in the same
     pass. A stack already held is returned as it is.
     """
@@ -201,7 +235,8 @@ def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
         :func:`holodask.cluster.compute_context`, else local threads.
     **options
         Parameters by their parameter-file names: ``adjust_shift``,
-        ``adjust_tilt``, ``adjust_defocus``, ``voltage``, ...
+        ``adjust_tilt``, ``adjust_defocus``, ``voltage``, ``tolerance`` (end the
+        rounds once the residual changes by less than this, relative), ...
 
     Returns
     -------
@@ -302,8 +337,9 @@ _FRAME_VARIABLES = ("raw_shift_x_px", "raw_shift_y_px", "saturated_px", "outlier
 _STACK_ONLY_ATTRS = ("empty", "params", "hdf5_attrs", "long_name", "name", "sampling_yx_nm")
 
 
-def average_stack(series: FrameSeries, params: HoloParams, *, client=None) -> Averaged:
-    """:func:`average` on a :class:`FrameSeries` of waves (held here first)."""
+def average_stack(series: FrameSeries, params: HoloParams, *, client=None, checkpoint=None) -> Averaged:
+    """:func:`average` on a :class:`FrameSeries` of waves (held here first); the rounds'
+    states kept in ``checkpoint`` (a :class:`holodask.stages.checkpoint.Checkpoint`)."""
     voltage = series.attrs.get("voltage_kV") or params.voltage_kV
     defocus = np.asarray(series.coords.get("defocus_nm", np.zeros(series.n_frames)), dtype=float)
     if (params.adjust_defocus or np.any(defocus != 0)) and not voltage:
@@ -316,7 +352,8 @@ def average_stack(series: FrameSeries, params: HoloParams, *, client=None) -> Av
         grid = alignment_grid(series.shape[1:], sampling, voltage)
         fit = average_series(held, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
                              fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
-                             defocus_start=DEFOCUS_START, variance=True)
+                             defocus_start=DEFOCUS_START, variance=True, tolerance=params.tolerance,
+                             checkpoint=checkpoint)
         log.info("averaging: %d rounds in %.2f s", len(fit.convergence), time.perf_counter() - started)
         data, variance = fit.wave, fit.variance
     else:

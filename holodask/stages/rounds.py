@@ -21,7 +21,6 @@ round ``defocus_start``; factors normalised to a mean amplitude of 1 each round.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from holodask.align import (
 
 __all__ = ["AverageResult", "HeldFrames", "StoredFrame", "average_series", "average_tasks", "compute_graph",
            "hold_frames",
-           "scheduler_of", "stack_store"]
+           "scheduler_of"]
 
 
 @dataclass
@@ -122,10 +121,13 @@ def _reduce_parts(*parts):
     """Sum of ``(small values, array)`` parts: the small values one after the other
     (in the parts' order) and the sum of the arrays."""
     smalls = [value for part in parts for value in part[0]]
-    first = parts[0][1]
+    arrays = [part[1] for part in parts if part[1] is not None]  # (skipped rounds give none)
+    if not arrays:
+        return smalls, None
+    first = arrays[0]
     total = np.array(first, dtype=np.complex64 if np.iscomplexobj(first) else np.float64, copy=True)
-    for part in parts[1:]:
-        total += part[1]
+    for array in arrays[1:]:
+        total += array
     return smalls, total
 
 
@@ -292,7 +294,8 @@ def _gather_seconds(futures, client, holders) -> list:
     return values
 
 
-def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, also=(), paired: bool = False):
+def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, also=(), paired: bool = False,
+                store=None):
     """Compute the frames ``keys`` of graph ``dsk`` once and keep them for the rounds.
 
     Without ``store_dir`` they stay in this process's memory (threads) or on
@@ -309,12 +312,16 @@ def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, al
     dsk = dict(dsk)
     n_frames = len(keys)
     name = "held-" + uuid.uuid4().hex
-    if store_dir is not None:
+    if store_dir is not None or store is not None:
         import tempfile
 
         import zarr
 
-        store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
+        if store is None:
+            store = tempfile.mkdtemp(prefix="stack-", suffix=".zarr", dir=store_dir)
+        store = str(store)
+        _ZARR_ARRAYS.pop((store, "r"), None)
+        _ZARR_ARRAYS.pop((store, "r+"), None)
         _create_zarr(zarr, store, (n_frames, *shape), (1, *shape))
         for k, key in enumerate(keys):
             dsk[(name, k)] = (_store_frame, key, store, k)
@@ -331,7 +338,7 @@ def hold_frames(dsk: dict, keys: list, shape, client=None, store_dir=None, *, al
     _follow(futures, client)
     others = list(client.gather(futures[n_frames:]))
     items = futures[:n_frames]
-    if store_dir is not None:
+    if store is not None:
         items = client.gather(items)
         if paired:
             items, others = [item[0] for item in items], [[item[1] for item in items]] + others
@@ -502,20 +509,33 @@ def _reduced_call(func, n_args, *args_and_parts):
 
 
 def _round_batch(blocks, indices, round_state, grid, fit_shift, fit_tilt, fit_defocus):
-    """:func:`_round_task` on a batch of frames, states and average from the previous round."""
-    states, average, _ = round_state
+    """:func:`_round_task` on a batch of frames, states and average from the previous round
+    (nothing once the rounds have converged)."""
+    states, average, _, converged = round_state
+    if converged:
+        return [], None
     return _reduce_parts(*(_round_task(_load(block), states[index], average, grid, fit_shift, fit_tilt, fit_defocus)
                            for block, index in zip(blocks, indices)))
 
 
 def _first_update(part, order, n_frames):
-    """Round state ``(states, average spectrum, convergence)`` after the first round."""
+    """Round state ``(states, average spectrum, convergence, converged)`` after the first round."""
     states, total = part
-    return np.array(_in_frame_order(states, order)), total / np.complex64(n_frames), []
+    return np.array(_in_frame_order(states, order)), total / np.complex64(n_frames), [], False
 
 
-def _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus):
-    """The next round state: factors normalised to a mean amplitude of 1, gauge pinned."""
+def _converged(convergence: list, tolerance: float | None) -> bool:
+    """Whether the residual changed by less than ``tolerance`` (relative) in the last round."""
+    if not tolerance or len(convergence) < 2:
+        return False
+    return abs(convergence[-1] - convergence[-2]) <= tolerance * abs(convergence[-1])
+
+
+def _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance=None):
+    """The next round state: factors normalised to a mean amplitude of 1, gauge pinned;
+    converged once the residual changes by less than ``tolerance`` (None: never)."""
+    if round_state[3]:
+        return round_state
     fits, total = part
     fits = _in_frame_order(fits, order)
     convergence = round_state[2] + [float(np.sum([error for _, error in fits]))]
@@ -524,16 +544,22 @@ def _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift
     states[:, 0:2] /= norm
     average = total * np.complex64(norm / n_frames)
     states, average = _pin_gauge(states, average, grid, nominal_defocus, fit_shift, fit_defocus)
-    return states, average, convergence
+    return states, average, convergence, _converged(convergence, tolerance)
 
 
-def _update_round(part, order, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, round_state):
+def _update_round(part, order, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance, round_state):
     """:func:`_update` with the previous round state last."""
-    return _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus)
+    return _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance)
+
+
+def _saved(round_state, checkpoint, round_number):
+    """The round state, once the checkpoint holds it (see :class:`holodask.stages.checkpoint.Checkpoint`)."""
+    checkpoint.save_round(round_number, round_state)
+    return round_state
 
 
 def _final_state(round_state):
-    states, average, convergence = round_state
+    states, average, convergence, _ = round_state
     return states, average, fft.ifft2(average).astype(np.complex64), convergence
 
 
@@ -593,26 +619,6 @@ def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
 # ---------------------------------------------------------------- the rounds
 
 
-_STORE_DIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("holodask_stack_store", default=None)
-
-
-@contextlib.contextmanager
-def stack_store(scratch=None):
-    """Within the block, :func:`average_series` keeps its stacks in Zarr stores under
-    a temporary folder in ``scratch`` (removed at the end); ``None``: in memory."""
-    if scratch is None:
-        yield None
-        return
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="holodask-stacks-", dir=scratch) as folder:
-        token = _STORE_DIR.set(folder)
-        try:
-            yield folder
-        finally:
-            _STORE_DIR.reset(token)
-
-
 def _hold_array(stack, client=None, store_dir=None) -> HeldFrames:
     """:func:`hold_frames` of a (N, ny, nx) numpy or Dask array."""
     if isinstance(stack, HeldFrames):
@@ -633,10 +639,6 @@ def _hold_array(stack, client=None, store_dir=None) -> HeldFrames:
     return held
 
 
-def current_store_dir():
-    """The folder :func:`stack_store` set for this context (None: stacks stay in memory)."""
-    return _STORE_DIR.get()
-
 
 def average_series(
     stack,
@@ -649,6 +651,8 @@ def average_series(
     fit_defocus: bool = False,
     defocus_start: int = 4,
     variance: bool = True,
+    tolerance: float | None = None,
+    checkpoint=None,
     client=None,
     store_dir=None,
 ) -> AverageResult:
@@ -665,16 +669,19 @@ def average_series(
         defocus only from round ``defocus_start`` on (0-based, counting the rounds
         after the first).
     variance : also compute the per-pixel variance.
+    tolerance : stop the rounds once the total residual changes by less than this
+        (relative) from one round to the next (None: all ``iterations``, the
+        reference's schedule); with ``fit_defocus`` not before a round with it.
+    checkpoint : a :class:`holodask.stages.checkpoint.Checkpoint`: the state after
+        every round is kept there, and the rounds continue from the last one kept.
     client : a ``dask.distributed.Client`` (None: Dask's threaded scheduler).
     store_dir : folder for a Zarr store of the stack (None: frames in memory, on the
         workers with a distributed scheduler).
     """
-    if store_dir is None:
-        store_dir = _STORE_DIR.get()
     held = _hold_array(stack, client, store_dir)
     graph, ref = _rounds_graph(held, grid, defocus_nm, iterations=iterations, fit_shift=fit_shift,
                                fit_tilt=fit_tilt, fit_defocus=fit_defocus, defocus_start=defocus_start,
-                               variance=variance)
+                               variance=variance, tolerance=tolerance, checkpoint=checkpoint)
     return graph.compute(ref)
 
 
@@ -691,8 +698,13 @@ def average_tasks(dsk: dict, keys: list, grid: AlignmentGrid, defocus_nm=None, *
 
 
 def _rounds_graph(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, fit_tilt, fit_defocus,
-                  defocus_start, variance):
-    """The :class:`_Graph` of every round over the held frames, and its final task."""
+                  defocus_start, variance, tolerance=None, checkpoint=None):
+    """The :class:`_Graph` of every round over the held frames, and its final task.
+
+    Rounds are numbered 0 (the first, against the first frame) to ``iterations``;
+    with a ``checkpoint`` each round's state is saved, and the rounds start after
+    the last one saved there.
+    """
     client = held.client
     n_frames = len(held)
     if n_frames == 1:
@@ -710,7 +722,6 @@ def _rounds_graph(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, 
     graph = _Graph(client)
     grid_ref, defocus_ref = graph.share(grid, defocus_nm)
     batch = _batch_size(n_frames, client)
-    first_groups = _frame_groups(list(range(1, n_frames)), batch, holders, threads)
     groups = _frame_groups(list(range(n_frames)), batch, holders, threads)
     order = [i for group in groups for i in group]
     # the round state: one update task in all, or (a few workers) one on every worker
@@ -720,32 +731,37 @@ def _rounds_graph(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, 
     if len(replicas) > MAX_UPDATE_REPLICAS:
         replicas = [None]
 
-    def updates(func, parts, *args, previous=None):
-        return {worker: graph.reduce_into("update", func, parts, *args,
-                                          *([] if previous is None else [previous[worker]]), worker=worker)
-                for worker in replicas}
+    def updates(func, parts, *args, previous=None, round_number):
+        states = {worker: graph.reduce_into("update", func, parts, *args,
+                                            *([] if previous is None else [previous[worker]]), worker=worker)
+                  for worker in replicas}
+        if checkpoint is not None:  # the first replica's rounds wait for the state on disk
+            states[replicas[0]] = graph.add("checkpoint", _saved, states[replicas[0]], checkpoint, round_number,
+                                            worker=replicas[0])
+        return states
 
     def state_for(states, group):
         return states[where(group)] if len(replicas) > 1 else states[replicas[0]]
 
-    # first round: everything against the first frame
-    reference = graph.add("reference", _reference_task, items[0], float(defocus_nm[0]), grid_ref,
-                          worker=where([0]))
-    parts = [reference] + [
-        graph.add("first", _batch_task, _first_round_task, [items[i] for i in group],
-                  [float(defocus_nm[i]) for i in group], reference, grid_ref, fit_shift, worker=where(group))
-        for group in first_groups
-    ]
-    first_order = [0] + [i for group in first_groups for i in group]
-    states = updates(_first_update, parts, first_order, n_frames)
-
-    for iteration in range(iterations):
+    saved = checkpoint.last_round() if checkpoint is not None else None
+    if saved is not None:
+        done, state = saved
+        (shared,) = graph.share(state)
+        states = {worker: shared for worker in replicas}
+    else:
+        done = 0
+        states = _first_round(graph, items, defocus_nm, grid_ref, fit_shift, batch, holders, threads, where,
+                              lambda parts, first_order: updates(_first_update, parts, first_order, n_frames,
+                                                                 round_number=0))
+    for iteration in range(done, iterations):
         fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)
+        # with the defocus fit, the rounds stop only once it has run
+        stop_at = tolerance if (not fit_defocus or iteration > defocus_start) else None
         parts = [graph.add("round", _round_batch, [items[i] for i in group], group, state_for(states, group),
                            grid_ref, fit_shift, fit_tilt, fit_defocus_now, worker=where(group))
                  for group in groups]
         states = updates(_update_round, parts, order, n_frames, grid_ref, defocus_ref, fit_shift, fit_defocus_now,
-                         previous=states)
+                         stop_at, previous=states, round_number=iteration + 1)
 
     finals = {worker: graph.add("final-state", _final_state, states[worker], worker=worker) for worker in replicas}
     parts = [graph.add("final", _final_batch, [items[i] for i in group], group, state_for(finals, group), grid_ref,
@@ -753,3 +769,16 @@ def _rounds_graph(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, 
              for group in groups]
     return graph, graph.reduce_into("finish", _finish, parts, order, finals[replicas[0]], n_frames, variance,
                                     worker=replicas[0])
+
+
+def _first_round(graph, items, defocus_nm, grid_ref, fit_shift, batch, holders, threads, where, update):
+    """The first round: every frame fitted to the first one; its update tasks."""
+    first_groups = _frame_groups(list(range(1, len(items))), batch, holders, threads)
+    reference = graph.add("reference", _reference_task, items[0], float(defocus_nm[0]), grid_ref,
+                          worker=where([0]))
+    parts = [reference] + [
+        graph.add("first", _batch_task, _first_round_task, [items[i] for i in group],
+                  [float(defocus_nm[i]) for i in group], reference, grid_ref, fit_shift, worker=where(group))
+        for group in first_groups
+    ]
+    return update(parts, [0] + [i for group in first_groups for i in group])
