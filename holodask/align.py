@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -548,147 +549,230 @@ def fit_to_average(
     residual of the given state, :func:`model_error`).
     """
     state = np.asarray(state, dtype=float).copy()
-    inner = grid.inner
-    target = np.ascontiguousarray(np.asarray(wave)[inner], dtype=np.complex64)
-    n_pixels = grid.shape[0] * grid.shape[1]
     fourier = ([2, 3] if fit_shift else []) + ([6] if fit_defocus else [])
-    tables = grid.tables
-    multipliers = {**tables.multipliers, 6: tables.defocus_multiplier}
     tilts = [4, 5] if fit_tilt else []
-    coordinates = tables.coordinates
-    free = sorted([0, 1] + fourier + tilts)
-    row = {index: k for k, index in enumerate(free)}
-    n_free = len(free)
-    # Jacobian rows (d model / d p over the inner region), written in place
-    jacobian = np.empty((n_free,) + target.shape, dtype=np.complex64)
-    jacobian_real = jacobian.reshape(n_free, -1).view(np.float32)
-    any_tilt = bool(tilts) or state[4] != 0.0 or state[5] != 0.0
-
-    # the inverse FFTs run in their own buffers; only the inner region is read back
-    inverse_in, inverse = _transform_buffers("ifft2", grid.shape)
-    inverse_in_real = inverse_in.view(np.float32)
-    to_inverse = np.float32(1.0 / n_pixels)
-
-    def evaluate(s):
-        """Spectrum moved by ``s``, base (inner, with tilt, no factor), residual, cost."""
-        spectrum = _moved_spectrum(average_spectrum, s, grid)
-        ramp = _tilt_ramp(s, grid, +1.0) if any_tilt else None
-        inverse_in[...] = spectrum
-        base = np.multiply(inverse()[inner], to_inverse)  # contiguous: BLAS dot products would copy a view
-        if ramp is not None:
-            base *= ramp
-        residual = base * np.complex64(_factor(s))
-        residual -= target
-        cost = float(np.vdot(residual, residual).real)
-        return spectrum, base, ramp, residual, cost
-
-    spectrum, base, ramp, residual, cost = evaluate(state)
-    start_error = cost
-    # the factor enters linearly: start from its best value for the start position
-    power = float(np.vdot(base, base).real)
-    if power > 0:
-        best = complex(np.vdot(base, target)) / power
-        state[0], state[1] = best.real, best.imag
-        residual = base * np.complex64(best)
-        residual -= target
-        cost = float(np.vdot(residual, residual).real)
+    work = _FitWorkspace(wave, average_spectrum, state, grid, fourier, tilts)
+    current = work.evaluate(state)
+    start_error = current.cost
+    current = work.start_with_best_factor(state, current)
     damping = 1e-4
     small_rad = np.pi * step_tolerance_px
     for _ in range(max_iterations):
-        factor = np.complex64(_factor(state))
-        derivative_scale = np.complex64(1j * complex(factor) / n_pixels)
-        # first derivatives: factor (base, i base), Fourier parameters, tilts
-        jacobian[row[0]] = base
-        np.multiply(base, np.complex64(1j), out=jacobian[row[1]])
-        spectrum_real = spectrum.view(np.float32)
-        for index in fourier:
-            out = jacobian[row[index]]
-            np.multiply(spectrum_real, multipliers[index], out=inverse_in_real)
-            np.multiply(inverse()[inner], derivative_scale, out=out)
-            if ramp is not None:
-                out *= ramp
-        for index in tilts:
-            np.multiply(base, coordinates[index] * factor, out=jacobian[row[index]])
-        residual_real = residual.reshape(-1).view(np.float32)
-        turned = residual * np.complex64(-1j)
-        # z_a = <J_a, r> = Re + i Im, from the real views (one matrix-vector product each)
-        z = np.dot(jacobian_real, residual_real).astype(np.float64) + 1j * np.dot(jacobian_real, turned.reshape(-1).view(np.float32)).astype(np.float64)
-        gradient = z.real
-        gauss_newton = np.dot(jacobian_real, jacobian_real.T).astype(np.float64)
-        hessian = gauss_newton.copy()
-        factor_c = complex(factor)
-        # second derivatives d2 model / d f d p = (d model / d p) / f (times 1 or i)
-        if abs(factor_c) > 0:
-            for index in fourier + tilts:
-                term = np.conj(z[row[index]]) / factor_c  # <r, J_a / f>
-                for f_index, unit in ((0, 1.0), (1, 1j)):
-                    value = (unit * term).real
-                    hessian[row[f_index], row[index]] += value
-                    hessian[row[index], row[f_index]] += value
-        # tilt second derivatives (real space): d2/dt dp = c_t dJ_p for p a tilt or Fourier parameter
-        for index_t in tilts:
-            for index in fourier + tilts:
-                if index in tilts and index < index_t:
-                    continue
-                value = float(np.vdot(residual, coordinates[index_t] * jacobian[row[index]]).real)
-                hessian[row[index_t], row[index]] += value
-                if index != index_t:
-                    hessian[row[index], row[index_t]] += value
-        if fourier:
-            # sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R) S k_a k_b (Parseval), with R
-            # the spectrum of the residual (tilt ramp taken off) zero outside the inner region
-            padded, forward = _transform_buffers("fft2", grid.shape)
-            _zero_outside(padded, inner)
-            if ramp is None:
-                padded[inner] = residual
-            else:
-                np.multiply(residual, np.conj(ramp), out=padded[inner])
-            weights = forward()  # the transform's own buffer, used up here
-            np.conjugate(weights, out=weights)
-            weights *= spectrum
-            scale = factor_c / n_pixels
-            for (ia, ib), moment in _fourier_moments(weights, grid, fourier).items():
-                value = (scale * moment).real
-                hessian[row[ia], row[ib]] += value
-                if ia != ib:
-                    hessian[row[ib], row[ia]] += value
-        diagonal = np.abs(np.diag(gauss_newton)).copy()
-        diagonal[diagonal == 0] = 1.0
-
-        try:  # the undamped Newton step, if the Hessian is positive definite
-            np.linalg.cholesky(hessian)
-            newton = np.linalg.solve(hessian, -gradient)
-        except np.linalg.LinAlgError:
-            newton = None
-        size_rad = _step_phase_rad(newton, free, grid, state) if newton is not None else np.inf
-        if size_rad < small_rad:
+        gradient, gauss_newton, hessian = _gradient_and_hessian(work, state, current)
+        newton = _undamped_newton_step(hessian, gradient)
+        if newton is not None and _step_phase_rad(newton, work.free, grid, state) < small_rad:
             # converged to second order: take the step unchecked and stop
-            state[free] += newton
+            state[work.free] += newton
             break
-        accepted = False
-        for _attempt in range(8):
-            matrix = hessian + damping * np.diag(diagonal)
-            try:
-                np.linalg.cholesky(matrix)
-                step = np.linalg.solve(matrix, -gradient)
-            except np.linalg.LinAlgError:
-                damping = max(damping * 10.0, 1e-6)
-                continue
-            predicted = -2.0 * float(gradient @ step) - float(step @ hessian @ step)
-            if predicted <= tolerance * cost:
-                break
-            trial = state.copy()
-            trial[free] += step
-            t_spectrum, t_base, t_ramp, t_residual, t_cost = evaluate(trial)
-            if t_cost <= cost:
-                accepted = True
-                break
-            damping = max(damping * 10.0, 1e-6)
-        if not accepted:
+        trial_state, trial, damping = _damped_trial(work, state, current, gradient, gauss_newton, hessian,
+                                                    damping, tolerance)
+        if trial is None:
             break
-        improvement = cost - t_cost
-        state, spectrum, base, ramp, residual, cost = trial, t_spectrum, t_base, t_ramp, t_residual, t_cost
+        improvement = current.cost - trial.cost
+        state, current = trial_state, trial
         damping = damping / 10.0
-        if improvement <= tolerance * max(cost, 1e-30) or improvement <= 1e-30:
+        if improvement <= tolerance * max(current.cost, 1e-30) or improvement <= 1e-30:
             break
     return (state, start_error) if return_start_error else state
+
+
+class _Evaluation(NamedTuple):
+    """The model of one fit state over the inner region."""
+
+    spectrum: np.ndarray  # the average spectrum moved by the state (full size)
+    base: np.ndarray  # the model without the factor (inner region, tilt ramp applied)
+    ramp: np.ndarray | None  # the tilt ramp over the inner region (None: no tilt)
+    residual: np.ndarray  # model - wave (inner region)
+    cost: float  # squared residual
+
+
+class _FitWorkspace:
+    """Constants, buffers and the model evaluation of one :func:`fit_to_average` call.
+
+    ``fourier`` are the fitted Fourier-space parameters (state indices 2, 3:
+    shift; 6: defocus), ``tilts`` the fitted tilts (4, 5); the factor (0, 1) is
+    always fitted. ``jacobian[row[p]]`` is d model / d p over the inner region,
+    written in place at every step.
+    """
+
+    __slots__ = ("grid", "average_spectrum", "inner", "target", "n_pixels", "fourier", "tilts", "moves",
+                 "multipliers", "coordinates", "free", "row", "jacobian", "jacobian_real", "any_tilt",
+                 "inverse_in", "inverse", "inverse_in_real", "to_inverse")
+
+    def __init__(self, wave: np.ndarray, average_spectrum: np.ndarray, state: np.ndarray, grid: AlignmentGrid,
+                 fourier: list[int], tilts: list[int]):
+        self.grid = grid
+        self.average_spectrum = average_spectrum
+        self.inner = inner = grid.inner
+        self.target = target = np.ascontiguousarray(np.asarray(wave)[inner], dtype=np.complex64)
+        self.n_pixels = grid.shape[0] * grid.shape[1]
+        self.fourier, self.tilts = fourier, tilts
+        self.moves = fourier + tilts  # the fitted parameters besides the factor
+        tables = grid.tables
+        self.multipliers = {**tables.multipliers, 6: tables.defocus_multiplier}
+        self.coordinates = tables.coordinates
+        self.free = sorted([0, 1] + fourier + tilts)
+        self.row = {index: k for k, index in enumerate(self.free)}
+        n_free = len(self.free)
+        self.jacobian = np.empty((n_free,) + target.shape, dtype=np.complex64)
+        self.jacobian_real = self.jacobian.reshape(n_free, -1).view(np.float32)
+        self.any_tilt = bool(tilts) or state[4] != 0.0 or state[5] != 0.0
+        # the inverse FFTs run in their own buffers; only the inner region is read back
+        self.inverse_in, self.inverse = _transform_buffers("ifft2", grid.shape)
+        self.inverse_in_real = self.inverse_in.view(np.float32)
+        self.to_inverse = np.float32(1.0 / self.n_pixels)
+
+    def evaluate(self, state: np.ndarray) -> _Evaluation:
+        """The model of ``state``: moved spectrum, base, tilt ramp, residual and cost."""
+        spectrum = _moved_spectrum(self.average_spectrum, state, self.grid)
+        ramp = _tilt_ramp(state, self.grid, +1.0) if self.any_tilt else None
+        self.inverse_in[...] = spectrum
+        base = np.multiply(self.inverse()[self.inner], self.to_inverse)  # contiguous: BLAS dot products would copy a view
+        if ramp is not None:
+            base *= ramp
+        residual = base * np.complex64(_factor(state))
+        residual -= self.target
+        cost = float(np.vdot(residual, residual).real)
+        return _Evaluation(spectrum, base, ramp, residual, cost)
+
+    def start_with_best_factor(self, state: np.ndarray, current: _Evaluation) -> _Evaluation:
+        """Set the factor of ``state`` (in place) to its least-squares value for the
+        model ``current`` (the factor enters linearly); returns the new evaluation."""
+        base = current.base
+        power = float(np.vdot(base, base).real)
+        if not power > 0:
+            return current
+        best = complex(np.vdot(base, self.target)) / power
+        state[0], state[1] = best.real, best.imag
+        residual = base * np.complex64(best)
+        residual -= self.target
+        return _Evaluation(current.spectrum, base, current.ramp, residual, float(np.vdot(residual, residual).real))
+
+    def fill_jacobian(self, factor: np.complex64, current: _Evaluation) -> None:
+        """First derivatives of the model: factor (base, i base), Fourier parameters, tilts."""
+        jacobian, row, inner, base, ramp = self.jacobian, self.row, self.inner, current.base, current.ramp
+        derivative_scale = np.complex64(1j * complex(factor) / self.n_pixels)
+        jacobian[row[0]] = base
+        np.multiply(base, np.complex64(1j), out=jacobian[row[1]])
+        spectrum_real = current.spectrum.view(np.float32)
+        for index in self.fourier:
+            out = jacobian[row[index]]
+            np.multiply(spectrum_real, self.multipliers[index], out=self.inverse_in_real)
+            np.multiply(self.inverse()[inner], derivative_scale, out=out)
+            if ramp is not None:
+                out *= ramp
+        for index in self.tilts:
+            np.multiply(base, self.coordinates[index] * factor, out=jacobian[row[index]])
+
+
+def _gradient_and_hessian(work: _FitWorkspace, state: np.ndarray, current: _Evaluation):
+    """Gradient, Gauss-Newton matrix and exact Hessian of the squared residual / 2
+    over the free parameters (all float64)."""
+    factor = np.complex64(_factor(state))
+    work.fill_jacobian(factor, current)
+    jacobian_real, residual = work.jacobian_real, current.residual
+    residual_real = residual.reshape(-1).view(np.float32)
+    turned = residual * np.complex64(-1j)
+    # z_a = <J_a, r> = Re + i Im, from the real views (one matrix-vector product each)
+    z = np.dot(jacobian_real, residual_real).astype(np.float64) + 1j * np.dot(jacobian_real, turned.reshape(-1).view(np.float32)).astype(np.float64)
+    gradient = z.real
+    gauss_newton = np.dot(jacobian_real, jacobian_real.T).astype(np.float64)
+    hessian = gauss_newton.copy()
+    factor_c = complex(factor)
+    if abs(factor_c) > 0:
+        _add_factor_cross_terms(hessian, z, factor_c, work)
+    if work.tilts:
+        _add_tilt_second_derivatives(hessian, residual, work)
+    if work.fourier:
+        _add_fourier_second_derivatives(hessian, current, factor_c, work)
+    return gradient, gauss_newton, hessian
+
+
+def _add_factor_cross_terms(hessian: np.ndarray, z: np.ndarray, factor: complex, work: _FitWorkspace) -> None:
+    """Second derivatives d2 model / d f d p = (d model / d p) / f (times 1 or i), from
+    ``z_p = <J_p, r>``."""
+    row = work.row
+    for index in work.moves:
+        term = np.conj(z[row[index]]) / factor  # <r, J_a / f>
+        for f_index, unit in ((0, 1.0), (1, 1j)):
+            value = (unit * term).real
+            hessian[row[f_index], row[index]] += value
+            hessian[row[index], row[f_index]] += value
+
+
+def _add_tilt_second_derivatives(hessian: np.ndarray, residual: np.ndarray, work: _FitWorkspace) -> None:
+    """Tilt second derivatives (real space): d2/dt dp = c_t dJ_p for p a tilt or Fourier parameter."""
+    row, tilts, coordinates, jacobian = work.row, work.tilts, work.coordinates, work.jacobian
+    for index_t in tilts:
+        for index in work.moves:
+            if index in tilts and index < index_t:
+                continue
+            value = float(np.vdot(residual, coordinates[index_t] * jacobian[row[index]]).real)
+            hessian[row[index_t], row[index]] += value
+            if index != index_t:
+                hessian[row[index], row[index_t]] += value
+
+
+def _add_fourier_second_derivatives(hessian: np.ndarray, current: _Evaluation, factor: complex,
+                                    work: _FitWorkspace) -> None:
+    """Second derivatives of the Fourier-space parameters, by Parseval's theorem.
+
+    ``sum_inner conj(r) f T ifft(S k_a k_b) = f/N sum_q conj(R) S k_a k_b``, with
+    ``R`` the spectrum of the residual (tilt ramp taken off) zero outside the
+    inner region.
+    """
+    grid, inner, row = work.grid, work.inner, work.row
+    padded, forward = _transform_buffers("fft2", grid.shape)
+    _zero_outside(padded, inner)
+    if current.ramp is None:
+        padded[inner] = current.residual
+    else:
+        np.multiply(current.residual, np.conj(current.ramp), out=padded[inner])
+    weights = forward()  # the transform's own buffer, used up here
+    np.conjugate(weights, out=weights)
+    weights *= current.spectrum
+    scale = factor / work.n_pixels
+    for (ia, ib), moment in _fourier_moments(weights, grid, work.fourier).items():
+        value = (scale * moment).real
+        hessian[row[ia], row[ib]] += value
+        if ia != ib:
+            hessian[row[ib], row[ia]] += value
+
+
+def _undamped_newton_step(hessian: np.ndarray, gradient: np.ndarray) -> np.ndarray | None:
+    """The Newton step ``-H^-1 g``; None where the Hessian is not positive definite."""
+    try:
+        np.linalg.cholesky(hessian)
+        return np.linalg.solve(hessian, -gradient)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def _damped_trial(work: _FitWorkspace, state: np.ndarray, current: _Evaluation, gradient: np.ndarray,
+                  gauss_newton: np.ndarray, hessian: np.ndarray, damping: float, tolerance: float):
+    """A Levenberg-Marquardt step that lowers the squared residual (at most 8 dampings).
+
+    Returns ``(trial state, its evaluation, damping)``; the state and the
+    evaluation are None where no damping gives a decrease, or where the
+    predicted decrease is below ``tolerance`` (relative).
+    """
+    diagonal = np.abs(np.diag(gauss_newton)).copy()
+    diagonal[diagonal == 0] = 1.0
+    for _attempt in range(8):
+        matrix = hessian + damping * np.diag(diagonal)
+        try:
+            np.linalg.cholesky(matrix)
+            step = np.linalg.solve(matrix, -gradient)
+        except np.linalg.LinAlgError:
+            damping = max(damping * 10.0, 1e-6)
+            continue
+        predicted = -2.0 * float(gradient @ step) - float(step @ hessian @ step)
+        if predicted <= tolerance * current.cost:
+            break
+        trial_state = state.copy()
+        trial_state[work.free] += step
+        trial = work.evaluate(trial_state)
+        if trial.cost <= current.cost:
+            return trial_state, trial, damping
+        damping = max(damping * 10.0, 1e-6)
+    return None, None, damping

@@ -548,6 +548,82 @@ def simulate_series(
     n_frames = int(n_frames)
     size_px = int(size_px)
     object_size_px = int(object_size_px)
+    _check_series_arguments(
+        n_frames=n_frames, size_px=size_px, object_size_px=object_size_px, sampling_nm=sampling_nm,
+        voltage_kV=voltage_kV, dose_e_per_px=dose_e_per_px, fringe_contrast=fringe_contrast,
+        file_format=file_format,
+        non_negative={
+            "contrast_jitter": contrast_jitter, "carrier_drift_px": carrier_drift_px, "drift_step_px": drift_step_px,
+            "biprism_phase_jitter_rad": biprism_phase_jitter_rad, "n_hot_pixels": n_hot_pixels,
+            "n_cosmic_rays": n_cosmic_rays, "n_empty": n_empty,
+        },
+    )
+    carrier0_px = _frame0_carrier_px(carrier_px, size_px)
+    if mtf is not None:
+        detector_mtf((4, 4), mtf)  # validates the terms
+    outdir = _created_outdir(outdir)
+
+    streams = _seed_streams(seed)
+    shape = (size_px, size_px)
+    cut_off_px = _reconstruction_cut_off_px(carrier0_px, object_size_px)
+    cut_off_per_nm = cut_off_px / (size_px * sampling_nm)
+    band_limit_px = 0.5 * cut_off_px
+
+    object_wave = make_object_wave(size_px, band_limit_px, streams["object"],
+                                   texture_contrast=texture_contrast, texture_rng=streams["texture"])
+    gain, reference_phase_rad = make_illumination(shape, streams["illumination"])
+    conditions = _frame_conditions(
+        streams, n_frames, n_empty, carrier0_px, fringe_contrast=fringe_contrast, contrast_jitter=contrast_jitter,
+        carrier_drift_px=carrier_drift_px, drift_step_px=drift_step_px,
+        biprism_phase_jitter_rad=biprism_phase_jitter_rad, defocus_first_nm=defocus_first_nm,
+        defocus_step_nm=defocus_step_nm,
+    )
+    recording = _recording(
+        streams, shape, gain, reference_phase_rad, mtf=mtf, dose_e_per_px=dose_e_per_px,
+        n_hot_pixels=n_hot_pixels, n_cosmic_rays=n_cosmic_rays, n_frames=n_frames, n_empty=n_empty,
+    )
+    object_pattern, empty_pattern = _write_holograms(
+        outdir, object_wave, conditions, recording, n_frames=n_frames, n_empty=n_empty, size_px=size_px,
+        sampling_nm=sampling_nm, voltage_kV=voltage_kV, file_format=file_format,
+        noisy=dose_e_per_px is not None, empty_noise_free=empty_noise_free,
+    )
+
+    sideband_pos = np.array([size_px // 2, size_px // 2], dtype=float) + carrier0_px
+    roi = _parameter_roi(roi_margin_px, conditions.drift_px, drift_step_px, size_px)
+    params = _parameters(
+        object_pattern=object_pattern, empty_pattern=empty_pattern, n_frames=n_frames, n_empty=int(n_empty),
+        sampling_nm=sampling_nm, voltage_kV=voltage_kV, sideband_pos=sideband_pos, cut_off_per_nm=cut_off_per_nm,
+        object_size_px=object_size_px, mtf=mtf, defocus_first_nm=defocus_first_nm, defocus_step_nm=defocus_step_nm,
+        roi=roi, raw_alignment=not (defocus_step_nm and drift_step_px == 0),
+    )
+    params_path = outdir / "params.json"
+    header = _params_header(n_frames, size_px, seed, dose_e_per_px)
+    params_path.write_text(header + json.dumps(params, indent=4) + "\n", encoding="utf-8")
+
+    truth = _truth_arrays(
+        object_wave, conditions, recording, n_frames=n_frames, sideband_pos=sideband_pos, sampling_nm=sampling_nm,
+        voltage_kV=voltage_kV, cut_off_per_nm=cut_off_per_nm,
+        object_band_limit_per_nm=band_limit_px / (size_px * sampling_nm), dose_e_per_px=dose_e_per_px, seed=seed,
+    )
+    truth_path = outdir / "truth.npz"
+    np.savez_compressed(truth_path, **truth)
+    return SimulatedSeries._from_truth(outdir, params_path, truth_path, params, truth)
+
+
+# --------------------------------------------------------------------------
+# the steps of simulate_series
+# --------------------------------------------------------------------------
+
+
+def _check_series_arguments(
+    *, n_frames: int, size_px: int, object_size_px: int, sampling_nm: float, voltage_kV: float,
+    dose_e_per_px: float | None, fringe_contrast: float, file_format: str, non_negative: dict[str, float],
+) -> None:
+    """Raise :class:`ParameterError` for an argument of :func:`simulate_series` out of range.
+
+    ``non_negative`` maps argument names to values that may be zero but not
+    negative (checked in its order).
+    """
     if n_frames < 1:
         raise ParameterError(f"n_frames: expected at least 1 frame, got {n_frames}")
     if size_px < 32:
@@ -560,98 +636,177 @@ def simulate_series(
         _check_positive("dose_e_per_px", dose_e_per_px)
     if not 0.0 < fringe_contrast <= 1.0:
         raise ParameterError(f"fringe_contrast: expected a value in (0, 1], got {fringe_contrast!r}")
-    for name, value in (
-        ("contrast_jitter", contrast_jitter),
-        ("carrier_drift_px", carrier_drift_px),
-        ("drift_step_px", drift_step_px),
-        ("biprism_phase_jitter_rad", biprism_phase_jitter_rad),
-        ("n_hot_pixels", n_hot_pixels),
-        ("n_cosmic_rays", n_cosmic_rays),
-        ("n_empty", n_empty),
-    ):
+    for name, value in non_negative.items():
         _check_positive(name, value, allow_zero=True)
     if file_format not in ("hdf5", "raw"):
         raise ParameterError(f"file_format: expected 'hdf5' or 'raw', got {file_format!r}")
+
+
+def _frame0_carrier_px(carrier_px: Sequence[float] | None, size_px: int) -> np.ndarray:
+    """The checked sideband offset (x, y) of frame 0 in FFT pixels from the centre (float64).
+
+    ``None`` gives the default ``(size_px // 4, size_px // 8)``.
+    """
     if carrier_px is None:
         carrier_px = (size_px // 4, size_px // 8)
-    carrier0 = np.asarray(carrier_px, dtype=float)
-    if carrier0.shape != (2,) or np.hypot(*carrier0) < 8 or np.any(np.abs(carrier0) >= size_px / 2):
+    carrier0_px = np.asarray(carrier_px, dtype=float)
+    if carrier0_px.shape != (2,) or np.hypot(*carrier0_px) < 8 or np.any(np.abs(carrier0_px) >= size_px / 2):
         raise ParameterError(
             f"carrier_px: expected (x, y) FFT pixels from the centre, at least 8 from it and inside the image, got {carrier_px!r}"
         )
-    if mtf is not None:
-        detector_mtf((4, 4), mtf)  # validates the terms
+    return carrier0_px
 
+
+def _created_outdir(outdir: str | Path) -> Path:
+    """``outdir`` resolved and created (with its parents) if missing."""
     outdir = Path(outdir).resolve()
     if outdir.exists() and not outdir.is_dir():
         raise ParameterError(f"outdir: {outdir} exists and is not a folder")
     outdir.mkdir(parents=True, exist_ok=True)
+    return outdir
 
-    streams = dict(zip(_SEED_STREAMS, (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(_SEED_STREAMS)))))
-    shape = (size_px, size_px)
 
-    # reconstruction cut-off (FFT px of the full frame): 1/3 of the carrier, inside the output window
-    carrier_radius_px = float(np.hypot(*carrier0))
-    cut_off_px = min(carrier_radius_px / 3.0, 0.45 * object_size_px)
-    cut_off_per_nm = cut_off_px / (size_px * sampling_nm)
-    band_limit_px = 0.5 * cut_off_px
+def _seed_streams(seed: int) -> dict[str, np.random.Generator]:
+    """One independent random generator per feature of ``_SEED_STREAMS``, all from ``seed``."""
+    generators = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(_SEED_STREAMS)))
+    return dict(zip(_SEED_STREAMS, generators))
 
-    object_wave = make_object_wave(size_px, band_limit_px, streams["object"],
-                                   texture_contrast=texture_contrast, texture_rng=streams["texture"])
-    gain, reference_phase_rad = make_illumination(shape, streams["illumination"])
 
+def _reconstruction_cut_off_px(carrier0_px: np.ndarray, object_size_px: int) -> float:
+    """Reconstruction cut-off in FFT px of the full frame: a third of the carrier,
+    inside the output window of ``object_size_px``."""
+    carrier_radius_px = float(np.hypot(*carrier0_px))
+    return min(carrier_radius_px / 3.0, 0.45 * object_size_px)
+
+
+@dataclass(frozen=True)
+class _FrameConditions:
+    """What changes from hologram to hologram of a simulated series.
+
+    ``drift_px`` (n_frames, 2) and ``defocus_nm`` (n_frames,) are those of the
+    object frames; the fringe arrays hold the object frames, then the empty
+    frames.
+    """
+
+    drift_px: np.ndarray  # (n_frames, 2) x, y
+    defocus_nm: np.ndarray  # (n_frames,)
+    biprism_phase_rad: np.ndarray  # (n_all,)
+    fringe_contrast: np.ndarray  # (n_all,)
+    carrier_px: np.ndarray  # (n_all, 2) x, y from the FFT centre
+
+
+def _frame_conditions(
+    streams: dict[str, np.random.Generator], n_frames: int, n_empty, carrier0_px: np.ndarray, *,
+    fringe_contrast: float, contrast_jitter: float, carrier_drift_px: float, drift_step_px: float,
+    biprism_phase_jitter_rad: float, defocus_first_nm: float, defocus_step_nm: float,
+) -> _FrameConditions:
+    """Draw the per-frame drift, defocus, biprism phase, fringe contrast and carrier."""
     drift_px = _random_walk(streams["drift"], n_frames, drift_step_px)
     defocus_nm = defocus_first_nm + defocus_step_nm * np.arange(n_frames)
     n_all = n_frames + int(n_empty)
     biprism_phase_rad = streams["biprism"].normal(0.0, 1.0, n_all) * biprism_phase_jitter_rad
     contrast = fringe_contrast * (1.0 + contrast_jitter * streams["contrast"].normal(0.0, 1.0, n_all))
     contrast = np.clip(contrast, 0.01, 1.0)
-    carrier_walk = np.concatenate(
+    carrier_walk_px = np.concatenate(
         [_random_walk(streams["carrier"], n_frames, carrier_drift_px), _random_walk(streams["carrier"], int(n_empty), carrier_drift_px)]
     )
-    carriers = carrier0 + carrier_walk
-    mtf_array = detector_mtf(shape, mtf) if mtf is not None else None
+    return _FrameConditions(drift_px, defocus_nm, biprism_phase_rad, contrast, carrier0_px + carrier_walk_px)
 
+
+@dataclass(frozen=True)
+class _Recording:
+    """What illumination and camera add to every hologram, the same for all frames
+    (cosmic rays: rows (frame, x, y) of the object and of the empty series)."""
+
+    gain: np.ndarray
+    reference_phase_rad: np.ndarray
+    mtf: np.ndarray | None  # unshifted FFT layout; None: no MTF
+    mean_counts: float
+    hot_pixels_xy: np.ndarray  # (n, 2)
+    hot_pixel_counts: float
+    cosmic_rays: np.ndarray  # (n, 3)
+    empty_cosmic_rays: np.ndarray  # (n, 3)
+    cosmic_ray_counts: float
+    noise_rng: np.random.Generator
+
+
+def _recording(
+    streams: dict[str, np.random.Generator], shape: tuple[int, int], gain: np.ndarray,
+    reference_phase_rad: np.ndarray, *, mtf, dose_e_per_px: float | None, n_hot_pixels, n_cosmic_rays,
+    n_frames: int, n_empty,
+) -> _Recording:
+    """The detector MTF, the dose, and draw the hot pixels and cosmic-ray hits."""
+    size_px = shape[0]
+    mtf_array = detector_mtf(shape, mtf) if mtf is not None else None
     mean_counts = float(dose_e_per_px) if dose_e_per_px is not None else NOISE_FREE_COUNTS
     hot_rng = streams["hot_pixels"]
     hot_pixels_xy = np.stack([hot_rng.integers(0, size_px, int(n_hot_pixels)), hot_rng.integers(0, size_px, int(n_hot_pixels))], axis=1)
-    hot_pixel_counts = 20.0 * mean_counts
     cosmic_rng = streams["cosmic_rays"]
     cosmic_rays = _cosmic_ray_pixels(cosmic_rng, int(n_cosmic_rays), n_frames, size_px)
     empty_cosmic_rays = _cosmic_ray_pixels(cosmic_rng, int(n_cosmic_rays) if n_empty else 0, max(int(n_empty), 1), size_px)
-    cosmic_ray_counts = 50.0 * mean_counts
-    noise_rng = streams["noise"]
+    return _Recording(
+        gain=gain, reference_phase_rad=reference_phase_rad, mtf=mtf_array, mean_counts=mean_counts,
+        hot_pixels_xy=hot_pixels_xy, hot_pixel_counts=20.0 * mean_counts, cosmic_rays=cosmic_rays,
+        empty_cosmic_rays=empty_cosmic_rays, cosmic_ray_counts=50.0 * mean_counts, noise_rng=streams["noise"],
+    )
 
-    def render(wave, k_all, noisy, rays, frame):
-        intensity = hologram_intensity(wave, carriers[k_all], contrast[k_all], biprism_phase_rad[k_all], gain, reference_phase_rad)
-        if mtf_array is not None:
-            intensity = np.fft.ifft2(np.fft.fft2(intensity) * mtf_array).real
-        counts = np.clip(intensity, 0.0, None) * mean_counts
-        if noisy:
-            counts = noise_rng.poisson(counts).astype(float)
-        if len(hot_pixels_xy):
-            counts[hot_pixels_xy[:, 1], hot_pixels_xy[:, 0]] += hot_pixel_counts
-        hit = rays[rays[:, 0] == frame]
-        if len(hit):
-            counts[hit[:, 2], hit[:, 1]] += cosmic_ray_counts
-        return counts
 
-    integer_counts = dose_e_per_px is not None and file_format == "hdf5"
+def _hologram_counts(
+    wave: np.ndarray, k_all: int, conditions: _FrameConditions, recording: _Recording, noisy: bool,
+    rays: np.ndarray, frame: int,
+) -> np.ndarray:
+    """Counts (float64) of one hologram of ``wave``.
+
+    ``k_all`` indexes the fringe conditions (object frames, then empty frames),
+    ``frame`` the cosmic-ray table ``rays``; ``noisy`` draws Poisson noise.
+    """
+    intensity = hologram_intensity(wave, conditions.carrier_px[k_all], conditions.fringe_contrast[k_all],
+                                   conditions.biprism_phase_rad[k_all], recording.gain, recording.reference_phase_rad)
+    if recording.mtf is not None:
+        intensity = np.fft.ifft2(np.fft.fft2(intensity) * recording.mtf).real
+    counts = np.clip(intensity, 0.0, None) * recording.mean_counts
+    if noisy:
+        counts = recording.noise_rng.poisson(counts).astype(float)
+    hot_pixels_xy = recording.hot_pixels_xy
+    if len(hot_pixels_xy):
+        counts[hot_pixels_xy[:, 1], hot_pixels_xy[:, 0]] += recording.hot_pixel_counts
+    hit = rays[rays[:, 0] == frame]
+    if len(hit):
+        counts[hit[:, 2], hit[:, 1]] += recording.cosmic_ray_counts
+    return counts
+
+
+def _write_holograms(
+    outdir: Path, object_wave: np.ndarray, conditions: _FrameConditions, recording: _Recording, *,
+    n_frames: int, n_empty, size_px: int, sampling_nm: float, voltage_kV: float, file_format: str,
+    noisy: bool, empty_noise_free: bool,
+) -> tuple[str, str]:
+    """Write the object holograms, then the empty ones (in this order: they share
+    the noise generator); returns the object and empty spec patterns."""
+    integer_counts = noisy and file_format == "hdf5"
     writer = _write_hdf5 if file_format == "hdf5" else _write_raw
     attrs = {"dim_scale": [sampling_nm, sampling_nm], "dim_unit": ["nm", "nm"], "voltage(kV)": float(voltage_kV)}
 
     object_pattern, object_files = _names("object", file_format, size_px)
     for k in range(n_frames):
-        wave = propagate_and_shift(object_wave, drift_px[k], defocus_nm[k], sampling_nm, voltage_kV)
-        counts = render(wave, k, dose_e_per_px is not None, cosmic_rays, k)
+        wave = propagate_and_shift(object_wave, conditions.drift_px[k], conditions.defocus_nm[k], sampling_nm, voltage_kV)
+        counts = _hologram_counts(wave, k, conditions, recording, noisy, recording.cosmic_rays, k)
         writer(outdir / (object_files % k), counts, integer_counts, attrs)
     empty_pattern, empty_files = _names("empty", file_format, size_px)
-    vacuum = np.ones(shape, dtype=complex)
+    vacuum = np.ones((size_px, size_px), dtype=complex)
     for k in range(int(n_empty)):
-        counts = render(vacuum, n_frames + k, dose_e_per_px is not None and not empty_noise_free, empty_cosmic_rays, k)
+        counts = _hologram_counts(vacuum, n_frames + k, conditions, recording, noisy and not empty_noise_free,
+                                  recording.empty_cosmic_rays, k)
         writer(outdir / (empty_files % k), counts, integer_counts, attrs)
+    return object_pattern, empty_pattern
 
-    sideband_pos = np.array([size_px // 2, size_px // 2], dtype=float) + carrier0
+
+def _parameter_roi(roi_margin_px: int | None, drift_px: np.ndarray, drift_step_px: float, size_px: int) -> list[int] | None:
+    """The ``roi`` of the parameters: ``roi_margin_px`` on every side (None: none).
+
+    ``roi_margin_px=None`` chooses no margin without drift, else the largest
+    drift plus 8 px, widened to a 2-3-5-smooth ROI size.
+    """
     if roi_margin_px is None:
         roi_margin_px = int(np.ceil(np.abs(drift_px).max())) + 8 if drift_step_px > 0 else 0
         if roi_margin_px:
@@ -664,61 +819,51 @@ def simulate_series(
     roi_margin_px = int(roi_margin_px)
     if not 0 <= roi_margin_px < size_px // 4:
         raise ParameterError(f"roi_margin_px: expected 0 to {size_px // 4 - 1} px, got {roi_margin_px}")
-    roi = [roi_margin_px, roi_margin_px, size_px - roi_margin_px, size_px - roi_margin_px] if roi_margin_px else None
-    params = _parameters(
-        object_pattern=object_pattern,
-        empty_pattern=empty_pattern,
-        n_frames=n_frames,
-        n_empty=int(n_empty),
-        sampling_nm=sampling_nm,
-        voltage_kV=voltage_kV,
-        sideband_pos=sideband_pos,
-        cut_off_per_nm=cut_off_per_nm,
-        object_size_px=object_size_px,
-        mtf=mtf,
-        defocus_first_nm=defocus_first_nm,
-        defocus_step_nm=defocus_step_nm,
-        roi=roi,
-        raw_alignment=not (defocus_step_nm and drift_step_px == 0),
-    )
-    params_path = outdir / "params.json"
-    header = (
+    return [roi_margin_px, roi_margin_px, size_px - roi_margin_px, size_px - roi_margin_px] if roi_margin_px else None
+
+
+def _params_header(n_frames: int, size_px: int, seed: int, dose_e_per_px: float | None) -> str:
+    """The comment line that opens ``params.json``."""
+    return (
         f"// holodask simulate: {n_frames} object holograms of {size_px} px, seed {seed}, "
         f"dose {'noise-free' if dose_e_per_px is None else dose_e_per_px}; truth in truth.npz\n"
     )
-    params_path.write_text(header + json.dumps(params, indent=4) + "\n", encoding="utf-8")
 
-    truth = {
+
+def _truth_arrays(
+    object_wave: np.ndarray, conditions: _FrameConditions, recording: _Recording, *, n_frames: int,
+    sideband_pos: np.ndarray, sampling_nm: float, voltage_kV: float, cut_off_per_nm: float,
+    object_band_limit_per_nm: float, dose_e_per_px: float | None, seed: int,
+) -> dict[str, np.ndarray]:
+    """The arrays of ``truth.npz`` (in the order written)."""
+    return {
         "object_wave": object_wave.astype(np.complex128),
-        "drift_px": drift_px,
-        "defocus_nm": defocus_nm,
-        "biprism_phase_rad": biprism_phase_rad[:n_frames],
-        "fringe_contrast": contrast[:n_frames],
-        "carrier_px": carriers[:n_frames],
-        "empty_biprism_phase_rad": biprism_phase_rad[n_frames:],
-        "empty_fringe_contrast": contrast[n_frames:],
-        "empty_carrier_px": carriers[n_frames:],
+        "drift_px": conditions.drift_px,
+        "defocus_nm": conditions.defocus_nm,
+        "biprism_phase_rad": conditions.biprism_phase_rad[:n_frames],
+        "fringe_contrast": conditions.fringe_contrast[:n_frames],
+        "carrier_px": conditions.carrier_px[:n_frames],
+        "empty_biprism_phase_rad": conditions.biprism_phase_rad[n_frames:],
+        "empty_fringe_contrast": conditions.fringe_contrast[n_frames:],
+        "empty_carrier_px": conditions.carrier_px[n_frames:],
         "sideband_pos": sideband_pos,
         "sampling_nm": np.float64(sampling_nm),
         "voltage_kV": np.float64(voltage_kV),
         "wavelength_nm": np.float64(electron_wavelength_nm(voltage_kV)),
         "cut_off_per_nm": np.float64(cut_off_per_nm),
-        "object_band_limit_per_nm": np.float64(band_limit_px / (size_px * sampling_nm)),
-        "illumination_gain": gain,
-        "reference_phase_rad": reference_phase_rad,
-        "mean_counts": np.float64(mean_counts),
+        "object_band_limit_per_nm": np.float64(object_band_limit_per_nm),
+        "illumination_gain": recording.gain,
+        "reference_phase_rad": recording.reference_phase_rad,
+        "mean_counts": np.float64(recording.mean_counts),
         "dose_e_per_px": np.float64(np.nan if dose_e_per_px is None else dose_e_per_px),
-        "mtf": mtf_array if mtf_array is not None else np.ones((0, 0)),
-        "hot_pixels_xy": hot_pixels_xy.astype(np.int64).reshape(-1, 2),
-        "hot_pixel_counts": np.float64(hot_pixel_counts),
-        "cosmic_rays": cosmic_rays,
-        "empty_cosmic_rays": empty_cosmic_rays,
-        "cosmic_ray_counts": np.float64(cosmic_ray_counts),
+        "mtf": recording.mtf if recording.mtf is not None else np.ones((0, 0)),
+        "hot_pixels_xy": recording.hot_pixels_xy.astype(np.int64).reshape(-1, 2),
+        "hot_pixel_counts": np.float64(recording.hot_pixel_counts),
+        "cosmic_rays": recording.cosmic_rays,
+        "empty_cosmic_rays": recording.empty_cosmic_rays,
+        "cosmic_ray_counts": np.float64(recording.cosmic_ray_counts),
         "seed": np.int64(seed),
     }
-    truth_path = outdir / "truth.npz"
-    np.savez_compressed(truth_path, **truth)
-    return SimulatedSeries._from_truth(outdir, params_path, truth_path, params, truth)
 
 
 def _cosmic_ray_pixels(rng: np.random.Generator, n_events: int, n_frames: int, size_px: int) -> np.ndarray:

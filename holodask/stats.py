@@ -62,7 +62,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from holodask.errors import DataError, InputFileError, ParameterError
+from holodask.errors import DataError, ParameterError
 
 __all__ = [
     "STAT_NAMES",
@@ -669,30 +669,11 @@ def find_spots(
     and spots are computed for batches of frames and written frame by frame;
     with ``-S`` the frames are read once more for the spot table.
     """
-    import dask
-
     settings.validate()
     data, coords, attrs = _as_dask_series(series)
     n_frames, rows, cols = data.shape
-    if laser is None:
-        laser = _frame_coord(coords, "laser")
-    if angles is None:
-        angles = _frame_coord(coords, "angle")
-    laser_on = None if laser is None else laser_flags(laser)
-    angle_values = None if angles is None else np.asarray(angles)
-    for name, values in (("laser", laser_on), ("angle", angle_values)):
-        if values is not None and values.shape != (n_frames,):
-            raise DataError(f"{name} values ({values.size}) do not match the frames ({n_frames})")
-    check_angles(angle_values, settings.min_angles)
-    if settings.method == "kruskal" and laser_on is None:
-        raise DataError(
-            "method kruskal works only on laser data: the series has no per-frame 'laser' values"
-        )
+    laser_on, angle_values = _checked_laser_and_angles(coords, laser, angles, n_frames, settings)
     groups = sync_groups(n_frames, settings.sync, laser_on, angle_values)
-    synced = settings.sync != "none"
-    mask_of_frame = np.empty(n_frames, dtype=np.int32)
-    for m, members in enumerate(groups):
-        mask_of_frame[members] = m
     structure = binary_structure(*settings.structure)
     comp = _compression_kwargs(settings.compression)
 
@@ -707,89 +688,9 @@ def find_spots(
     batch = int(max(1, min(n_frames, settings.memory_bytes // max(1, rows * cols * (itemsize + 24)))))
 
     with _AtomicH5(output, protected) as h5:
-        info = h5.create_group("info")
-        info.attrs.update(
-            {
-                "n_removed": n_removed,
-                "n_percent": 25.0 if settings.n_percent == 0 else float(settings.n_percent),
-                "n_frames": n_frames,
-                "method": settings.method,
-                "alpha": settings.alpha,
-                "cutoff": settings.cutoff,
-                "erosions": settings.erosions,
-                "dilations": settings.dilations,
-                "structure": np.array(settings.structure, dtype=np.int32),
-                "sync": settings.sync,
-                "source": source or str(attrs.get("source", "")),
-            }
-        )
-        # ---- statistics, one band of rows at a time (memory bounded) ----
-        grp = h5.create_group("stats")
-        out_dtypes = {"avg": np.float64, "std": np.float64, "iqr": np.float64,
-                      "max": data.dtype, "arg": np.int32}
-        layers = list(STAT_NAMES) + (["kruskal_p"] if settings.method == "kruskal" else [])
-        out_dtypes["kruskal_p"] = np.float64
-        dsets = {name: grp.create_dataset(name, (rows, cols), dtype=out_dtypes[name], **comp)
-                 for name in layers}
-        # ``parallel`` row bands per pass; each pass reads every frame once
-        # (a series that fits the budget is read in a single pass)
-        bounds = np.cumsum((0,) + stack.chunks[1])
-        for first in range(0, len(bounds) - 1, parallel):
-            last = min(first + parallel, len(bounds) - 1)
-            r0, r1 = int(bounds[first]), int(bounds[last])
-            (band,) = _compute(stack[:, r0:r1, :])
-            for k, name in enumerate(layers):
-                dsets[name][r0:r1] = band[k].astype(out_dtypes[name])
-        avg = dsets["avg"][()]
-        std = dsets["std"][()]
-
-        # ---- masks, frame by frame ----
-        def stack_dataset(name, n, dtype):
-            return h5.create_dataset(name, (n, rows, cols), dtype=dtype,
-                                     chunks=(1, rows, cols), **comp)
-
-        masks_raw = stack_dataset("masks_raw", n_frames, np.uint8)
-        masks_filtered = stack_dataset("masks_filtered", n_frames, np.uint8)
-        masks_synced = stack_dataset("masks_synced", len(groups), np.uint8) if synced else None
-        labels_ds = stack_dataset("masks/labels", len(groups), np.int32)
-        counts = np.zeros(len(groups), dtype=np.int32)
-
-        spots = _SpotWriter(h5, comp, n_frames)
-        avg_d = dask.delayed(avg, pure=True)
-        std_d = dask.delayed(std, pure=True)
-        for b0 in range(0, n_frames, batch):
-            b1 = min(n_frames, b0 + batch)
-            tasks = [
-                dask.delayed(_frame_kernel)(frames[i], avg_d, std_d, settings.cutoff, structure,
-                                            settings.erosions, settings.dilations, not synced)
-                for i in range(b0, b1)
-            ]
-            for i, result in zip(range(b0, b1), _compute(*tasks)):
-                masks_raw[i] = result["raw"]
-                masks_filtered[i] = result["filtered"]
-                if not synced:
-                    labels_ds[i] = result["labels"]
-                    counts[i] = result["count"]
-                    spots.append(i, i, result["spots"])
-        if synced:
-            for m, members in enumerate(groups):
-                union = np.zeros((rows, cols), dtype=bool)
-                for i in members:
-                    union |= masks_filtered[int(i)].astype(bool)
-                masks_synced[m] = union
-                labels, counts[m] = label_mask(union, structure)
-                labels_ds[m] = labels
-            for b0 in range(0, n_frames, batch):
-                b1 = min(n_frames, b0 + batch)
-                tasks = [
-                    dask.delayed(_spot_kernel)(frames[i], avg_d, labels_ds[int(mask_of_frame[i])])
-                    for i in range(b0, b1)
-                ]
-                for i, table in zip(range(b0, b1), _compute(*tasks)):
-                    spots.append(i, int(mask_of_frame[i]), table)
-        h5.create_dataset("masks/counts", data=counts, **comp)
-        spots.finish()
-        n_spots = spots.n_spots
+        _write_info(h5, settings, n_removed, n_frames, source or str(attrs.get("source", "")))
+        avg, std = _write_statistics(h5, stack, settings, data.dtype, parallel, comp)
+        counts, n_spots = _write_masks_and_spots(h5, frames, avg, std, groups, structure, settings, batch, comp)
     return {
         "n_frames": n_frames,
         "n_masks": len(groups),
@@ -797,6 +698,175 @@ def find_spots(
         "n_removed": n_removed,
         "counts": counts,
     }
+
+
+def _checked_laser_and_angles(
+    coords: dict[str, np.ndarray], laser: Sequence | None, angles: Sequence | None, n_frames: int,
+    settings: SpotSettings,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-frame laser flags and angle values (given, else the series' coordinates; None:
+    none), checked against the frames, the ``-a`` count and the method."""
+    if laser is None:
+        laser = _frame_coord(coords, "laser")
+    if angles is None:
+        angles = _frame_coord(coords, "angle")
+    laser_on = None if laser is None else laser_flags(laser)
+    angle_values = None if angles is None else np.asarray(angles)
+    for name, values in (("laser", laser_on), ("angle", angle_values)):
+        if values is not None and values.shape != (n_frames,):
+            raise DataError(f"{name} values ({values.size}) do not match the frames ({n_frames})")
+    check_angles(angle_values, settings.min_angles)
+    if settings.method == "kruskal" and laser_on is None:
+        raise DataError(
+            "method kruskal works only on laser data: the series has no per-frame 'laser' values"
+        )
+    return laser_on, angle_values
+
+
+def _write_info(h5, settings: SpotSettings, n_removed: int, n_frames: int, source: str) -> None:
+    """Group ``info``: the options of the run as attributes."""
+    info = h5.create_group("info")
+    info.attrs.update(
+        {
+            "n_removed": n_removed,
+            "n_percent": 25.0 if settings.n_percent == 0 else float(settings.n_percent),
+            "n_frames": n_frames,
+            "method": settings.method,
+            "alpha": settings.alpha,
+            "cutoff": settings.cutoff,
+            "erosions": settings.erosions,
+            "dilations": settings.dilations,
+            "structure": np.array(settings.structure, dtype=np.int32),
+            "sync": settings.sync,
+            "source": source,
+        }
+    )
+
+
+def _write_statistics(h5, stack, settings: SpotSettings, pixel_dtype, parallel: int,
+                      comp: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Group ``stats``, computed one band of rows at a time (memory bounded).
+
+    ``stack`` is the lazy (layer, y, x) statistics of :func:`series_statistics`;
+    ``parallel`` row bands run per pass, and each pass reads every frame once
+    (a series that fits the budget is read in a single pass). Returns the
+    per-pixel ``avg`` and ``std``.
+    """
+    _, rows, cols = stack.shape
+    grp = h5.create_group("stats")
+    out_dtypes = {"avg": np.float64, "std": np.float64, "iqr": np.float64,
+                  "max": pixel_dtype, "arg": np.int32}
+    layers = list(STAT_NAMES) + (["kruskal_p"] if settings.method == "kruskal" else [])
+    out_dtypes["kruskal_p"] = np.float64
+    dsets = {name: grp.create_dataset(name, (rows, cols), dtype=out_dtypes[name], **comp)
+             for name in layers}
+    bounds = np.cumsum((0,) + stack.chunks[1])
+    for first in range(0, len(bounds) - 1, parallel):
+        last = min(first + parallel, len(bounds) - 1)
+        r0, r1 = int(bounds[first]), int(bounds[last])
+        (band,) = _compute(stack[:, r0:r1, :])
+        for k, name in enumerate(layers):
+            dsets[name][r0:r1] = band[k].astype(out_dtypes[name])
+    return dsets["avg"][()], dsets["std"][()]
+
+
+@dataclass(frozen=True)
+class _MaskDatasets:
+    """The mask datasets of the output (frame or synchronised-group, y, x)."""
+
+    raw: Any  # masks_raw, per frame
+    filtered: Any  # masks_filtered, per frame
+    synced: Any  # masks_synced, per group; None without -S
+    labels: Any  # masks/labels, per group (per frame without -S)
+
+
+def _write_masks_and_spots(h5, frames, avg: np.ndarray, std: np.ndarray, groups: list[np.ndarray], structure,
+                           settings: SpotSettings, batch: int, comp: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """The masks, labels and spot table, frame by frame in batches of ``batch`` frames.
+
+    ``frames`` are the delayed frames, ``groups`` the frames of each mask
+    (:func:`sync_groups`). Returns the labels per mask and the number of spots.
+    """
+    import dask
+
+    n_frames = len(frames)
+    rows, cols = avg.shape
+    synced = settings.sync != "none"
+
+    def stack_dataset(name, n, dtype):
+        return h5.create_dataset(name, (n, rows, cols), dtype=dtype, chunks=(1, rows, cols), **comp)
+
+    masks = _MaskDatasets(
+        raw=stack_dataset("masks_raw", n_frames, np.uint8),
+        filtered=stack_dataset("masks_filtered", n_frames, np.uint8),
+        synced=stack_dataset("masks_synced", len(groups), np.uint8) if synced else None,
+        labels=stack_dataset("masks/labels", len(groups), np.int32),
+    )
+    counts = np.zeros(len(groups), dtype=np.int32)
+    spots = _SpotWriter(h5, comp, n_frames)
+    avg_d = dask.delayed(avg, pure=True)
+    std_d = dask.delayed(std, pure=True)
+    _write_frame_masks(masks, spots, counts, frames, avg_d, std_d, settings, structure, batch, synced)
+    if synced:
+        _write_synced_masks(masks, counts, groups, structure)
+        _write_synced_spots(spots, frames, avg_d, masks.labels, groups, batch)
+    h5.create_dataset("masks/counts", data=counts, **comp)
+    spots.finish()
+    return counts, spots.n_spots
+
+
+def _write_frame_masks(masks: _MaskDatasets, spots: "_SpotWriter", counts: np.ndarray, frames, avg_d, std_d,
+                       settings: SpotSettings, structure, batch: int, synced: bool) -> None:
+    """Raw and filtered masks of every frame; without synchronisation also the
+    labels, their counts and the spots of each frame."""
+    import dask
+
+    n_frames = len(frames)
+    for b0 in range(0, n_frames, batch):
+        b1 = min(n_frames, b0 + batch)
+        tasks = [
+            dask.delayed(_frame_kernel)(frames[i], avg_d, std_d, settings.cutoff, structure,
+                                        settings.erosions, settings.dilations, not synced)
+            for i in range(b0, b1)
+        ]
+        for i, result in zip(range(b0, b1), _compute(*tasks)):
+            masks.raw[i] = result["raw"]
+            masks.filtered[i] = result["filtered"]
+            if not synced:
+                masks.labels[i] = result["labels"]
+                counts[i] = result["count"]
+                spots.append(i, i, result["spots"])
+
+
+def _write_synced_masks(masks: _MaskDatasets, counts: np.ndarray, groups: list[np.ndarray], structure) -> None:
+    """Per group: the union of its frames' filtered masks, its labels and their count."""
+    rows, cols = masks.filtered.shape[1:]
+    for m, members in enumerate(groups):
+        union = np.zeros((rows, cols), dtype=bool)
+        for i in members:
+            union |= masks.filtered[int(i)].astype(bool)
+        masks.synced[m] = union
+        labels, counts[m] = label_mask(union, structure)
+        masks.labels[m] = labels
+
+
+def _write_synced_spots(spots: "_SpotWriter", frames, avg_d, labels_ds, groups: list[np.ndarray],
+                        batch: int) -> None:
+    """The spots of every frame, measured on the labels of its group (frames read once more)."""
+    import dask
+
+    n_frames = len(frames)
+    mask_of_frame = np.empty(n_frames, dtype=np.int32)
+    for m, members in enumerate(groups):
+        mask_of_frame[members] = m
+    for b0 in range(0, n_frames, batch):
+        b1 = min(n_frames, b0 + batch)
+        tasks = [
+            dask.delayed(_spot_kernel)(frames[i], avg_d, labels_ds[int(mask_of_frame[i])])
+            for i in range(b0, b1)
+        ]
+        for i, table in zip(range(b0, b1), _compute(*tasks)):
+            spots.append(i, int(mask_of_frame[i]), table)
 
 
 def _frame_coord(coords: dict[str, np.ndarray], name: str) -> np.ndarray | None:
