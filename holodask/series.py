@@ -291,8 +291,11 @@ def open_series(specs, params=None, *, indices=None, basepath=None) -> "xr.DataA
 def open_frames(series_spec, params=None, *, basepath=None) -> "xr.DataArray":
     """Open a :class:`holodask.params.SeriesSpec` (specs plus series indices).
 
-    Where a file holds several frames, its frames get consecutive series
-    indices starting at the index the SeriesSpec gives that file.
+    Where every file holds one frame, a frame's index is its file's index.
+    Where files hold several frames (stacks), the frames are taken file after
+    file, each file's frames in stored order, and numbered consecutively from
+    the first file's index (``object_%03d.tif`` with ``object_first`` 1 and
+    three files of 10 frames: frames 1..30).
     """
     return open_frame_series(series_spec, params, basepath=basepath).to_dataarray()
 
@@ -307,9 +310,11 @@ def open_frame_series(series_spec, params=None, *, basepath=None) -> FrameSeries
         raise ParameterError(
             f"series: {len(sources)} file specs but {len(spec_indices)} indices"
         )
-    indices: list[int] = []
-    for source, start in zip(sources, spec_indices):
-        indices.extend(int(start) + k for k in range(source.n_frames))
+    if all(source.n_frames == 1 for source in sources):
+        indices = [int(start) for start in spec_indices]  # one frame per file: the file's number
+    else:  # files holding stacks: file after file, each file's frames in order, numbered on
+        first = int(spec_indices[0])
+        indices = list(range(first, first + sum(source.n_frames for source in sources)))
     return frame_series_from_sources(sources, params, indices=indices)
 
 

@@ -121,6 +121,22 @@ def pick_image(signals: list[dict[str, Any]], path, choice: str | None = None) -
     raise InputFileError(f"{path}: holds no 2-D image or 3-D image stack (signals {described})")
 
 
+def _mapped(signal: dict[str, Any], target: str):
+    """The value that the signal's ``mapping`` (original_metadata -> metadata, which
+    HyperSpy applies when it makes a signal) gives ``target``, or None."""
+    for source, (destination, convert) in (signal.get("mapping") or {}).items():
+        if destination != target:
+            continue
+        value = _lookup(signal.get("original_metadata") or {}, *source.split("."))
+        if value is None:
+            continue
+        try:
+            return convert(value) if convert is not None else value
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 def signal_metadata(signal: dict[str, Any]) -> FrameMetadata:
     """Calibration of a RosettaSciIO signal dictionary (see the module text)."""
     meta = FrameMetadata()
@@ -134,7 +150,10 @@ def signal_metadata(signal: dict[str, Any]) -> FrameMetadata:
     metadata = signal.get("metadata") or {}
     tem = _lookup(metadata, "Acquisition_instrument", "TEM") or {}
     meta.voltage_kV = to_float(tem.get("beam_energy"))
-    meta.microscope = to_text(tem.get("microscope"))
+    if meta.voltage_kV is None:
+        meta.voltage_kV = to_float(_mapped(signal, "Acquisition_instrument.TEM.beam_energy"))
+    meta.microscope = to_text(tem.get("microscope")) or to_text(
+        _mapped(signal, "Acquisition_instrument.TEM.microscope"))
     detector = tem.get("Detector")
     if isinstance(detector, dict) and detector:
         name = next(iter(detector))

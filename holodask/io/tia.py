@@ -51,6 +51,8 @@ class SerSource(StoredHeaderSource):
         try:
             with open(spec.path, "rb") as file:
                 self._read_header(file)
+        except InputFileError:
+            raise
         except (EOFError, struct.error, ValueError) as exc:
             raise InputFileError(f"{spec.path}: truncated or broken TIA .ser file ({exc or 'end of file'})") from None
         except OSError as exc:
