@@ -32,6 +32,7 @@ from holodask.io.registry import normalise_path
 
 __all__ = [
     "FilterSpec",
+    "FresnelFilter",
     "MtfTerm",
     "SeriesSpec",
     "HoloParams",
@@ -57,6 +58,21 @@ class FilterSpec:
         if self.kind == "BUTTERWORTH":
             return [self.kind, f"{self.order:g}"]
         return [self.kind]
+
+
+@dataclass(frozen=True)
+class FresnelFilter:
+    """Line filter against the streak of the biprism's Fresnel fringes (``fresnel_filter``).
+
+    ``width_per_nm``: full width of the line (1/nm); ``angle_deg``: its direction in
+    the Fourier transform (degrees from +x towards +y, as ``sideband_pos``; None:
+    along the carrier); ``gap_per_nm``: radius around the sideband's centre left
+    unfiltered (None: the width).
+    """
+
+    width_per_nm: float
+    angle_deg: float | None = None
+    gap_per_nm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,7 @@ class HoloParams:
     output_qpimage: str | None = None
     # holodask extensions
     outlier_cutoff: float | None = None
+    fresnel_filter: FresnelFilter | None = None
     # provenance
     basepath: Path = Path(".")  # folder relative paths were taken from
     parameter_file: str | None = None  # absolute path; None for stdin or a dict
@@ -192,6 +209,7 @@ KNOWN_PARAMETERS: tuple[str, ...] = (
     # holodask extensions
     "output_qpimage",
     "outlier_cutoff",
+    "fresnel_filter",
 )
 
 _FILTER_KINDS = ("EDGE", "GAUSSIAN", "BUTTERWORTH")
@@ -491,6 +509,28 @@ def _check_filter(name: str, value: Any) -> FilterSpec:
             f"got {_show(value)}"
         )
     return FilterSpec(kind=kind)
+
+
+def _check_fresnel(name: str, value: Any) -> FresnelFilter | None:
+    what = ('null, a width in 1/nm, or {"width": 1/nm, "angle": degrees (optional), '
+            '"gap": 1/nm (optional)}')
+    if value is None or value is False:
+        return None
+    if _is_number(value):
+        value = {"width": value}
+    if not isinstance(value, Mapping):
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    unknown = sorted(set(value) - {"width", "angle", "gap"})
+    if unknown:
+        raise ParameterError(f"parameter '{name}': unknown key {unknown[0]!r}; expected {what}")
+    if "width" not in value:
+        raise ParameterError(f"parameter '{name}' needs \"width\" (1/nm); expected {what}")
+    width = _check_float(f"{name}.width", value["width"], positive=True)
+    angle = value.get("angle")
+    angle = None if angle is None else _check_float(f"{name}.angle", angle)
+    gap = value.get("gap")
+    gap = None if gap is None else _check_float(f"{name}.gap", gap, positive=True)
+    return FresnelFilter(width_per_nm=width, angle_deg=angle, gap_per_nm=gap)
 
 
 def _check_mtf(name: str, value: Any) -> tuple[MtfTerm, ...]:
@@ -904,6 +944,7 @@ def parse_parameters(
     values["output_prefix"] = take("output_prefix", _check_str, "")
     values["output_qpimage"] = take("output_qpimage", _check_path, basepath=base)
     values["outlier_cutoff"] = take("outlier_cutoff", _check_float, positive=True)
+    values["fresnel_filter"] = take("fresnel_filter", _check_fresnel)
     return HoloParams(**values)
 
 
