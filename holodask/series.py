@@ -291,11 +291,12 @@ def open_series(specs, params=None, *, indices=None, basepath=None) -> "xr.DataA
 def open_frames(series_spec, params=None, *, basepath=None) -> "xr.DataArray":
     """Open a :class:`holodask.params.SeriesSpec` (specs plus series indices).
 
-    Where every file holds one frame, a frame's index is its file's index.
-    Where files hold several frames (stacks), the frames are taken file after
-    file, each file's frames in stored order, and numbered consecutively from
-    the first file's index (``object_%03d.tif`` with ``object_first`` 1 and
-    three files of 10 frames: frames 1..30).
+    The frames are taken file after file, each file's frames in stored order.
+    A file's frames are numbered consecutively from the file's index, or, where
+    the previous file's frames already reach that number, on from the previous
+    file's last frame: one frame per file keeps the files' numbers; stacks named
+    by ``object_%03d.tif`` (``object_first`` 1, three files of 10 frames) give
+    frames 1..30.
     """
     return open_frame_series(series_spec, params, basepath=basepath).to_dataarray()
 
@@ -310,11 +311,11 @@ def open_frame_series(series_spec, params=None, *, basepath=None) -> FrameSeries
         raise ParameterError(
             f"series: {len(sources)} file specs but {len(spec_indices)} indices"
         )
-    if all(source.n_frames == 1 for source in sources):
-        indices = [int(start) for start in spec_indices]  # one frame per file: the file's number
-    else:  # files holding stacks: file after file, each file's frames in order, numbered on
-        first = int(spec_indices[0])
-        indices = list(range(first, first + sum(source.n_frames for source in sources)))
+    indices: list[int] = []
+    for source, start in zip(sources, spec_indices):
+        # from the file's number, or on from the previous file's last frame where that reaches it
+        first = int(start) if not indices else max(int(start), indices[-1] + 1)
+        indices.extend(range(first, first + source.n_frames))
     return frame_series_from_sources(sources, params, indices=indices)
 
 
