@@ -263,3 +263,26 @@ def test_pattern_of_stacks_numbers_frames_file_after_file(tmp_path):
                               "cut_off": 0.1}, basepath=tmp_path)
     series = open_frames(params.object_series, params, basepath=tmp_path)
     np.testing.assert_array_equal(series["frame"].values, [1, 2, 4])
+
+
+def test_signal_option_picks_a_signal():
+    from holodask.errors import InputFileError
+    from holodask.io.rsciio_formats import pick_image
+
+    def signal(shape, navigate):
+        return {"data": np.zeros(shape, np.float32),
+                "axes": [{"navigate": nav, "scale": 1.0, "units": "nm"} for nav in navigate]}
+
+    spectrum = signal((5, 100), (True, False))
+    image = signal((8, 9), (False, False))
+    stack = signal((3, 8, 9), (True, False, False))
+    spectrum_image = signal((8, 9, 100), (True, True, False))
+    signals = [spectrum, spectrum_image, image, stack]
+    assert pick_image(signals, "f")[0] == 2  # the first image
+    assert pick_image(signals, "f", "3")[0] == 3
+    with pytest.raises(InputFileError, match="signal 1 .* is not a 2-D image"):
+        pick_image(signals, "f", "1")
+    with pytest.raises(InputFileError, match="signal=7: the file holds signals 0: "):
+        pick_image(signals, "f", "7")
+    with pytest.raises(InputFileError, match="holds no 2-D image"):
+        pick_image([spectrum, spectrum_image], "f")

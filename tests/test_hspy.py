@@ -200,3 +200,20 @@ def test_info_on_real_hyperspy_hologram(fe_needle, capsys):
     assert "Hologram of Fe needle (signal_type 'hologram')" in out
     assert "dtype:      int64" in out and "voltage:    300 kV" in out
     assert "datasets:" not in out
+
+
+def test_real_pair_runs_without_dataset(fe_needle, tmp_path):
+    """The real HyperSpy-layout pair named without ``dataset=`` gives the result of the explicit specs."""
+    object_spec, reference_spec = fe_needle
+    results = []
+    for name, names in (("explicit", (object_spec, reference_spec)),
+                        ("plain", tuple(spec.partition("?")[0] for spec in (object_spec, reference_spec)))):
+        params = {"object_names": [names[0]], "empty_names": [names[1]], "sideband_pos": [314, 134],
+                  "object_size": 256, "cut_off": 0.07, "filter_func": ["BUTTERWORTH", 14],
+                  "output_name": str(tmp_path / f"{name}.hdf5")}
+        (tmp_path / f"{name}.json").write_text(json.dumps(params))
+        assert main(["run", str(tmp_path / f"{name}.json")]) == 0
+        results.append(open_result(tmp_path / f"{name}.hdf5").load())
+    np.testing.assert_array_equal(results[1]["data"].values, results[0]["data"].values)
+    assert results[1].attrs["voltage_kV"] == pytest.approx(300.0)
+    assert results[1].attrs["sampling_nm"] == pytest.approx(results[0].attrs["sampling_nm"])
