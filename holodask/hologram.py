@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from holodask.errors import ParameterError
-from holodask.optics import _transform_buffers, filter_function, mtf_array
+from holodask.optics import _transform_buffers, filter_function, fresnel_line_weights, mtf_array
 from holodask.params import FilterSpec
 
 __all__ = [
@@ -102,6 +102,7 @@ def sideband_geometry(
     mtf_terms=None,
     binning: int = 1,
     single_precision_mask: bool = False,
+    fresnel_filter=None,
 ) -> SidebandGeometry:
     """Pre-compute the sideband extraction for holograms of ``image_shape``.
 
@@ -117,6 +118,9 @@ def sideband_geometry(
     binning : detector binning (MTF only).
     single_precision_mask : compute the mask's frequencies as the reference does
         for holograms stored as integers of up to 4 bytes or float32.
+    fresnel_filter : :class:`holodask.params.FresnelFilter` (parameter ``fresnel_filter``):
+        also suppress the line of the biprism's Fresnel fringes through the sideband
+        (:func:`holodask.optics.fresnel_line_weights`); None (default): the mask alone.
     """
     height, width = int(image_shape[0]), int(image_shape[1])
     ny, nx = int(out_shape[0]), int(out_shape[1])
@@ -158,6 +162,8 @@ def sideband_geometry(
     qx = _shifted_frequencies(width, sx, cx, dtype)[x0:x1].reshape(1, -1)
     g2 = _normalised_frequency2(qy, qx, cut_off2)
     weights = filter_function(g2, filter_spec).astype(np.float64)
+    if fresnel_filter is not None:
+        weights = weights * fresnel_line_weights(qy, qx, (cx, cy), fresnel_filter)
     if mtf_terms:
         mtf = np.fft.fftshift(mtf_array(mtf_terms, (height, width), binning))
         weights = weights / mtf[y0:y1, x0:x1]

@@ -27,6 +27,7 @@ __all__ = [
     "frequency_grid",
     "normalised_frequency2",
     "filter_function",
+    "fresnel_line_weights",
     "mtf_array",
     "fourier_rescale",
     "fourier_upsample",
@@ -96,6 +97,41 @@ def filter_function(g2: np.ndarray, filter_spec: FilterSpec) -> np.ndarray:
         else:
             raise ValueError(f"unknown filter kind {filter_spec.kind!r}")
     return np.asarray(out, dtype=np.float32)
+
+
+#: order of the Butterworth profiles of the Fresnel line filter (across the line and at its gap)
+FRESNEL_ORDER = 4
+
+
+def fresnel_line_weights(qy: np.ndarray, qx: np.ndarray, carrier_xy_per_nm, fresnel) -> np.ndarray:
+    """Factor (float64) suppressing a line through the sideband: the Fresnel-fringe streak.
+
+    The Fresnel fringes of the biprism wire's edges run parallel to the wire,
+    like the interference fringes; their spectrum is a streak perpendicular to
+    the wire, i.e. along the carrier, through the centre band and through each
+    sideband. ``qy``/``qx`` are frequencies (1/nm) relative to the sideband's
+    centre (broadcasting). With ``d`` the distance from the line through the
+    centre in the direction ``fresnel.angle_deg`` (default: the carrier's
+    direction) and ``a`` the distance along it, the factor is
+    ``1 - B(d / (width/2)) * (1 - B(a / gap))`` with the Butterworth profile
+    ``B(g) = 1 / (1 + g^8)``: 0 on the line, 1 off it, and 1 within ``gap``
+    (default: the width) of the centre, which holds the object's lowest frequencies.
+    """
+    if fresnel.angle_deg is None:
+        angle = float(np.arctan2(float(carrier_xy_per_nm[1]), float(carrier_xy_per_nm[0])))
+    else:
+        angle = float(np.deg2rad(fresnel.angle_deg))
+    qy = np.asarray(qy, dtype=np.float64)
+    qx = np.asarray(qx, dtype=np.float64)
+    along = qx * np.cos(angle) + qy * np.sin(angle)
+    across = qy * np.cos(angle) - qx * np.sin(angle)
+    half_width = 0.5 * float(fresnel.width_per_nm)
+    gap = float(fresnel.gap_per_nm if fresnel.gap_per_nm is not None else fresnel.width_per_nm)
+    order = 2 * FRESNEL_ORDER
+    with np.errstate(over="ignore"):
+        line = 1.0 / (1.0 + np.power(across / half_width, order))
+        outside_gap = 1.0 - 1.0 / (1.0 + np.power(along / gap, order))
+    return 1.0 - line * outside_gap
 
 
 def mtf_array(terms, shape, binning: int = 1) -> np.ndarray:

@@ -33,6 +33,7 @@ from holodask.io.registry import normalise_path
 
 __all__ = [
     "FilterSpec",
+    "FresnelFilter",
     "MtfTerm",
     "SeriesSpec",
     "HoloParams",
@@ -60,6 +61,21 @@ class FilterSpec:
         if self.kind == "BUTTERWORTH":
             return [self.kind, f"{self.order:g}"]
         return [self.kind]
+
+
+@dataclass(frozen=True)
+class FresnelFilter:
+    """Line filter against the streak of the biprism's Fresnel fringes (``fresnel_filter``).
+
+    ``width_per_nm``: full width of the line (1/nm); ``angle_deg``: its direction in
+    the Fourier transform (degrees from +x towards +y, as ``sideband_pos``; None:
+    along the carrier); ``gap_per_nm``: radius around the sideband's centre left
+    unfiltered (None: the width).
+    """
+
+    width_per_nm: float
+    angle_deg: float | None = None
+    gap_per_nm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +146,7 @@ class HoloParams:
     # holodask extensions
     outlier_cutoff: float | None = None
     tolerance: float | None = None  # relative change of the residual that ends the rounds; None: all rounds
+    fresnel_filter: FresnelFilter | None = None
     # provenance
     basepath: Path = Path(".")  # folder relative paths were taken from
     folder: Path = Path(".")  # the folder given to the parser (``path`` is relative to it)
@@ -205,6 +222,7 @@ KNOWN_PARAMETERS: tuple[str, ...] = (
     "output_qpimage",
     "outlier_cutoff",
     "tolerance",
+    "fresnel_filter",
 )
 
 _FILTER_KINDS = ("EDGE", "GAUSSIAN", "BUTTERWORTH")
@@ -618,6 +636,9 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "defocus_step": (1e9, " nm"),
     "outlier_cutoff": (1e6, ""),
     "tolerance": (1.0, ""),
+    "fresnel_filter.width": (1e3, " 1/nm"),
+    "fresnel_filter.gap": (1e3, " 1/nm"),
+    "fresnel_filter.angle": (1e4, " degrees"),
     "filter_func": (1e3, ""),
     "mtf": (1e6, ""),
     "sideband_pos": (limits.MAX_IMAGE_SIDE, " px"),
@@ -745,6 +766,28 @@ def _check_filter(name: str, value: Any) -> FilterSpec:
             f"got {_show(value)}"
         )
     return FilterSpec(kind=kind)
+
+
+def _check_fresnel(name: str, value: Any) -> FresnelFilter | None:
+    what = ('null, a width in 1/nm, or {"width": 1/nm, "angle": degrees (optional), '
+            '"gap": 1/nm (optional)}')
+    if value is None or value is False:
+        return None
+    if _is_number(value):
+        value = {"width": value}
+    if not isinstance(value, Mapping):
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    unknown = sorted(set(value) - {"width", "angle", "gap"})
+    if unknown:
+        raise ParameterError(f"parameter '{name}': unknown key {unknown[0]!r}; expected {what}")
+    if "width" not in value:
+        raise ParameterError(f"parameter '{name}' needs \"width\" (1/nm); expected {what}")
+    width = _check_float(f"{name}.width", value["width"], positive=True)
+    angle = value.get("angle")
+    angle = None if angle is None else _check_float(f"{name}.angle", angle)
+    gap = value.get("gap")
+    gap = None if gap is None else _check_float(f"{name}.gap", gap, positive=True)
+    return FresnelFilter(width_per_nm=width, angle_deg=angle, gap_per_nm=gap)
 
 
 def _check_mtf(name: str, value: Any) -> tuple[MtfTerm, ...]:
@@ -1187,6 +1230,7 @@ def _outputs(given: _Given, values: dict[str, Any], base: Path, parameter_file: 
     found["output_qpimage"] = given.take("output_qpimage", _check_output_path, basepath=base)
     found["outlier_cutoff"] = given.take("outlier_cutoff", _check_float, positive=True)
     found["tolerance"] = given.take("tolerance", _check_float, positive=True)
+    found["fresnel_filter"] = given.take("fresnel_filter", _check_fresnel)
     inputs = input_paths(values)
     for key in ("output_name", "output_qpimage"):
         _check_not_input(key, found[key], inputs, parameter_file)

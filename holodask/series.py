@@ -359,8 +359,12 @@ def open_series(specs, params=None, *, indices=None, basepath=None) -> "xr.DataA
 def open_frames(series_spec, params=None, *, basepath=None) -> "xr.DataArray":
     """Open a :class:`holodask.params.SeriesSpec` (specs plus series indices).
 
-    Where a file holds several frames, its frames get consecutive series
-    indices starting at the index the SeriesSpec gives that file.
+    The frames are taken file after file, each file's frames in stored order.
+    A file's frames are numbered consecutively from the file's index, or, where
+    the previous file's frames already reach that number, on from the previous
+    file's last frame: one frame per file keeps the files' numbers; stacks named
+    by ``object_%03d.tif`` (``object_first`` 1, three files of 10 frames) give
+    frames 1..30.
     """
     return open_frame_series(series_spec, params, basepath=basepath).to_dataarray()
 
@@ -378,7 +382,9 @@ def open_frame_series(series_spec, params=None, *, basepath=None, check=None) ->
         )
     indices: list[int] = []
     for source, start in zip(sources, spec_indices):
-        indices.extend(int(start) + k for k in range(source.n_frames))
+        # from the file's number, or on from the previous file's last frame where that reaches it
+        first = int(start) if not indices else max(int(start), indices[-1] + 1)
+        indices.extend(range(first, first + source.n_frames))
     return frame_series_from_sources(sources, params, indices=indices, check=check)
 
 

@@ -77,6 +77,8 @@ __all__ = [
     "sync_groups",
     "spot_table",
     "repair_outliers",
+    "defect_pixels",
+    "outlying_frames",
     "spatial_chunks",
     "series_statistics",
     "trimmed_background",
@@ -91,6 +93,10 @@ COMPRESSIONS = ("gzip", "lzf", "none")
 DEFAULT_MEMORY_BYTES = 256 * 2**20
 #: bytes of working memory per value of a statistics block (input + sorted copy + temporaries)
 _BYTES_PER_STAT_VALUE = 32
+#: a hot/dead pixel's average lies this many robust sigmas above/below its 3x3 neighbourhood
+DEFECT_SIGMAS = 8.0
+#: a frame outlier's value lies this many robust sigmas from the median over the frames
+FRAME_OUTLIER_SIGMAS = 5.0
 
 
 # --------------------------------------------------------------------------
@@ -209,6 +215,47 @@ def kruskal_statistics(
 def raw_masks(frames: np.ndarray, avg: np.ndarray, std: np.ndarray, cutoff: float) -> np.ndarray:
     """``frames >= avg + cutoff * std`` (one frame or a stack)."""
     return np.asarray(frames) >= (np.asarray(avg) + cutoff * np.asarray(std))
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    """1.4826 times the median absolute deviation (the standard deviation of normal data)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def defect_pixels(avg: np.ndarray, std: np.ndarray, sigmas: float = DEFECT_SIGMAS) -> tuple[np.ndarray, np.ndarray]:
+    """Hot and dead pixels of a series, from its per-pixel statistics: ``(hot, dead)`` masks.
+
+    A pixel is *hot* when its trimmed average lies ``sigmas`` robust standard
+    deviations or more above the median of its 3x3 neighbourhood (the spread
+    measured over every pixel's difference from its neighbourhood), *dead* when
+    it lies as far below, or when its value never changes over the series
+    (``std == 0``) while a typical pixel's does. Hot pixels sit in every frame,
+    so the temporal outlier test (cosmic rays, ``-c``) takes them for background.
+    """
+    avg = np.asarray(avg, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    residual = avg - ndimage.median_filter(avg, size=3, mode="reflect")
+    spread = _robust_sigma(residual)
+    if spread == 0.0:
+        spread = max(float(np.median(std)), 1e-12)
+    hot = residual >= sigmas * spread
+    dead = residual <= -sigmas * spread
+    if np.median(std) > 0:
+        dead |= std == 0
+    return hot, dead & ~hot
+
+
+def outlying_frames(values, sigmas: float = FRAME_OUTLIER_SIGMAS, floor: float = 0.0) -> np.ndarray:
+    """Indices of the frames whose value lies ``sigmas`` robust standard deviations
+    (at least ``floor``) or more from the median over the frames."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 3:
+        return np.zeros(0, dtype=np.int64)
+    spread = max(_robust_sigma(values), float(floor), 1e-12 * abs(float(np.median(values))))
+    return np.flatnonzero(np.abs(values - np.median(values)) >= sigmas * spread)
 
 
 def binary_structure(rank: int, connectivity: int) -> np.ndarray:
@@ -658,7 +705,16 @@ def find_spots(
     Returns
     -------
     dict
-        ``n_frames``, ``n_masks``, ``n_spots``, ``n_removed``, ``counts``.
+        ``n_frames``, ``n_masks``, ``n_spots``, ``n_removed``, ``counts``; the
+        series quality: ``hot_pixels``/``dead_pixels`` ([x, y] rows, see
+        :func:`defect_pixels`), ``frame_outlier_pixels`` (pixels of each frame
+        at or above ``avg + cutoff * std``: cosmic rays and other short
+        outliers), ``frame_mean``, and the frames that stand out
+        (:func:`outlying_frames`): ``frames_many_outliers`` (positions in the
+        series), ``frames_odd_mean``. The file keeps the ``lu_hdf2spots``
+        layout: it gets only the counts, as ``info`` attributes ``n_hot_pixels``
+        and ``n_dead_pixels`` (the per-frame outlier pixels are the sums of
+        ``masks_raw``).
 
     Notes
     -----
@@ -690,13 +746,37 @@ def find_spots(
     with _AtomicH5(output, protected) as h5:
         _write_info(h5, settings, n_removed, n_frames, source or str(attrs.get("source", "")))
         avg, std = _write_statistics(h5, stack, settings, data.dtype, parallel, comp)
-        counts, n_spots = _write_masks_and_spots(h5, frames, avg, std, groups, structure, settings, batch, comp)
+        counts, n_spots, per_frame = _write_masks_and_spots(h5, frames, avg, std, groups, structure, settings,
+                                                            batch, comp)
+        quality = _series_quality(h5, avg, std, per_frame)
     return {
         "n_frames": n_frames,
         "n_masks": len(groups),
         "n_spots": n_spots,
         "n_removed": n_removed,
         "counts": counts,
+        "n_pixels": rows * cols,
+        **quality,
+    }
+
+
+def _series_quality(h5, avg: np.ndarray, std: np.ndarray, per_frame: dict) -> dict[str, Any]:
+    """Hot/dead pixels and the frames that stand out (holodask additions); the file keeps the
+    ``lu_hdf2spots`` layout: only scalar attributes of ``info`` are added."""
+    frame_outlier_pixels, frame_mean = per_frame["outlier_pixels"], per_frame["mean"]
+    hot, dead = defect_pixels(avg, std)
+    many = outlying_frames(frame_outlier_pixels, floor=np.sqrt(max(np.median(frame_outlier_pixels), 1.0)))
+    many = many[frame_outlier_pixels[many] > np.median(frame_outlier_pixels)]
+    odd_mean = outlying_frames(frame_mean)
+    h5["info"].attrs.update({"n_hot_pixels": int(hot.sum()), "n_dead_pixels": int(dead.sum()),
+                             "defect_sigmas": DEFECT_SIGMAS, "frame_outlier_sigmas": FRAME_OUTLIER_SIGMAS})
+    return {
+        "hot_pixels": np.argwhere(hot)[:, ::-1],
+        "dead_pixels": np.argwhere(dead)[:, ::-1],
+        "frame_outlier_pixels": frame_outlier_pixels,
+        "frame_mean": frame_mean,
+        "frames_many_outliers": many,
+        "frames_odd_mean": odd_mean,
     }
 
 
@@ -781,11 +861,12 @@ class _MaskDatasets:
 
 
 def _write_masks_and_spots(h5, frames, avg: np.ndarray, std: np.ndarray, groups: list[np.ndarray], structure,
-                           settings: SpotSettings, batch: int, comp: dict[str, Any]) -> tuple[np.ndarray, int]:
+                           settings: SpotSettings, batch: int, comp: dict[str, Any]) -> tuple[np.ndarray, int, dict]:
     """The masks, labels and spot table, frame by frame in batches of ``batch`` frames.
 
     ``frames`` are the delayed frames, ``groups`` the frames of each mask
-    (:func:`sync_groups`). Returns the labels per mask and the number of spots.
+    (:func:`sync_groups`). Returns the labels per mask, the number of spots and,
+    per frame, its ``outlier_pixels`` (raw mask) and ``mean``.
     """
     import dask
 
@@ -806,19 +887,21 @@ def _write_masks_and_spots(h5, frames, avg: np.ndarray, std: np.ndarray, groups:
     spots = _SpotWriter(h5, comp, n_frames)
     avg_d = dask.delayed(avg, pure=True)
     std_d = dask.delayed(std, pure=True)
-    _write_frame_masks(masks, spots, counts, frames, avg_d, std_d, settings, structure, batch, synced)
+    per_frame = {"outlier_pixels": np.zeros(n_frames, dtype=np.int64), "mean": np.zeros(n_frames, dtype=np.float64)}
+    _write_frame_masks(masks, spots, counts, per_frame, frames, avg_d, std_d, settings, structure, batch, synced)
     if synced:
         _write_synced_masks(masks, counts, groups, structure)
         _write_synced_spots(spots, frames, avg_d, masks.labels, groups, batch)
     h5.create_dataset("masks/counts", data=counts, **comp)
     spots.finish()
-    return counts, spots.n_spots
+    return counts, spots.n_spots, per_frame
 
 
-def _write_frame_masks(masks: _MaskDatasets, spots: "_SpotWriter", counts: np.ndarray, frames, avg_d, std_d,
-                       settings: SpotSettings, structure, batch: int, synced: bool) -> None:
-    """Raw and filtered masks of every frame; without synchronisation also the
-    labels, their counts and the spots of each frame."""
+def _write_frame_masks(masks: _MaskDatasets, spots: "_SpotWriter", counts: np.ndarray, per_frame: dict, frames,
+                       avg_d, std_d, settings: SpotSettings, structure, batch: int, synced: bool) -> None:
+    """Raw and filtered masks of every frame (and its outlier pixels and mean into
+    ``per_frame``); without synchronisation also the labels, their counts and the
+    spots of each frame."""
     import dask
 
     n_frames = len(frames)
@@ -832,6 +915,8 @@ def _write_frame_masks(masks: _MaskDatasets, spots: "_SpotWriter", counts: np.nd
         for i, result in zip(range(b0, b1), _compute(*tasks)):
             masks.raw[i] = result["raw"]
             masks.filtered[i] = result["filtered"]
+            per_frame["outlier_pixels"][i] = result["n_raw"]
+            per_frame["mean"][i] = result["mean"]
             if not synced:
                 masks.labels[i] = result["labels"]
                 counts[i] = result["count"]
@@ -892,7 +977,8 @@ def _frame_kernel(frame, avg, std, cutoff, structure, erosions, dilations, with_
     frame = np.asarray(frame).reshape(avg.shape)
     raw = raw_masks(frame, avg, std, cutoff)
     filtered = filter_mask(raw, structure, erosions, dilations)
-    result = {"raw": raw, "filtered": filtered}
+    result = {"raw": raw, "filtered": filtered, "n_raw": int(np.count_nonzero(raw)),
+              "mean": float(np.mean(frame, dtype=np.float64))}
     if with_spots:
         labels, count = label_mask(filtered, structure)
         result.update(labels=labels, count=count, spots=spot_table(frame, avg, labels))

@@ -58,9 +58,16 @@ def describe(source: FrameSource) -> list[tuple[str, str]]:
     else:
         sampling = "unknown (give the parameter 'sampling')"
     rows, cols = source.shape
-    return [
+    lines = [
         ("file", str(source.spec)),
         ("reader", type(source).__name__),
+    ]
+    signal = meta.extra.get("title")
+    if meta.extra.get("signal_type"):
+        signal = f"{signal or '(untitled)'} (signal_type {meta.extra['signal_type']!r})"
+    if signal:
+        lines.append(("signal", signal))
+    lines += [
         ("frames", str(source.n_frames)),
         ("shape", f"{rows} x {cols} (rows x columns)"),
         ("dtype", str(np.dtype(source.dtype))),
@@ -70,6 +77,27 @@ def describe(source: FrameSource) -> list[tuple[str, str]]:
         ("microscope", _value(meta.microscope)),
         ("detector", _value(meta.detector)),
     ]
+    if meta.extra.get("biprism_voltage_V") is not None:
+        lines.append(("biprism", _value(float(meta.extra["biprism_voltage_V"]), "V")))
+    times = source.frame_coords().get("time_s")
+    if times is not None and len(times) and np.all(np.isfinite(times)):
+        times = np.asarray(times, dtype=float)
+        text = f"{len(times)} frame time(s), {_clock(times[0])}"
+        if len(times) > 1:
+            steps = np.diff(times)
+            text += f" .. +{times[-1] - times[0]:.6g} s (median step {np.median(steps):.6g} s)"
+        lines.append(("time_s", text))
+    return lines
+
+
+def _clock(seconds: float) -> str:
+    """A ``time_s`` value: a UTC date where it is one (after 1990), else seconds."""
+    if seconds > 631152000:  # 1990-01-01: an absolute time stamp
+        import datetime
+
+        stamp = datetime.datetime.fromtimestamp(float(seconds), tz=datetime.timezone.utc)
+        return stamp.isoformat(timespec="milliseconds").replace("+00:00", " UTC")
+    return f"{seconds:.6g} s"
 
 
 #: ``--fft`` transforms at most this many pixels per side (the central part of larger frames)
@@ -114,6 +142,10 @@ def _sideband_of(source: FrameSource, index: int, find_sideband, max_pixels: int
 def _result_summary(spec: str, prefix: str | None) -> str | None:
     """Summary of a result file (holodask or holoaverage output), else ``None``."""
     if "?" in spec:
+        return None
+    from holodask.io.rsciio_formats import is_hyperspy_file
+
+    if is_hyperspy_file(spec):  # a HyperSpy signal (hologram or exported wave), not a result
         return None
     from holodask.results import describe_result, result_prefixes
 

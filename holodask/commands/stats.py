@@ -1,4 +1,6 @@
-"""``holodask stats``: per-pixel series statistics, outlier masks and spot tables.
+"""``holodask stats``: statistics of a frame series: hot/dead pixels, cosmic rays,
+frame outliers, and the per-pixel statistics, outlier masks and spot tables of
+the ``lu_hdf2spots`` specification.
 
 Options and defaults follow the ``lu_hdf2spots`` specification; see
 :mod:`holodask.stats` for what is computed and the output layout.
@@ -12,7 +14,26 @@ import numpy as np
 
 from holodask.errors import DataError, InputFileError, ParameterError
 
-HELP = "per-pixel series statistics, outlier masks and spot tables (lu_hdf2spots)"
+HELP = ("series statistics of holograms (hot/dead pixels, cosmic rays, frame outliers) or any "
+        "frame stack (per-pixel statistics, outlier masks, Laue spot tables as lu_hdf2spots)")
+
+DESCRIPTION = """\
+Per-pixel statistics over the frames of a series (trimmed average, standard
+deviation, IQR, maximum), and what they show:
+
+* hologram series: hot and dead pixels (fixed in every frame), cosmic rays and
+  other short outliers (pixels at or above avg + CUTOFF * std in one frame; the
+  test that the run parameter outlier_cutoff repairs with), and frames that stand out (many
+  outlier pixels, or an unusual mean intensity: dose or exposure changes). A
+  summary is printed;
+* diffraction frame stacks (e.g. Laue series): the outlier masks are the
+  reflexions, labelled into spot tables, optionally synchronised over laser
+  off/on pairs or angle blocks.
+
+Everything is written to OUTPUT (default INPUT__spots.h5) in the lu_hdf2spots
+layout (stats/, info, masks_raw, masks_filtered, masks/, spots/, frame2spotsBE);
+the counts of hot and dead pixels are attributes of info.
+"""
 
 HDF5_TYPES = ("h5", "hdf5", "hdf", "he5", "nxs")
 
@@ -28,6 +49,10 @@ def _structure(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser) -> None:
+    import argparse
+
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="series file spec(s) (path?key=value&...), e.g. file__mccd.h5")
     parser.add_argument("-o", "--output", metavar="FO", help="output HDF5 file [default: INPUT with __mccd "
@@ -158,4 +183,47 @@ def run(args) -> int:
                              source=" ".join(args.inputs), protected=inputs)
     print(f"{output}: {summary['n_frames']} frames, {summary['n_masks']} masks, "
           f"{summary['n_spots']} spots (n_removed = {summary['n_removed']})")
+    for line in summary_lines(summary, settings.cutoff):
+        print(line)
     return 0
+
+
+def _frames_text(frames, limit: int = 10) -> str:
+    frames = [int(f) for f in frames]
+    if not frames:
+        return "none"
+    text = ", ".join(str(f) for f in frames[:limit])
+    return text + (f", ... ({len(frames)} frames)" if len(frames) > limit else "")
+
+
+def _pixels_text(pixels, limit: int = 5) -> str:
+    pixels = [(int(x), int(y)) for x, y in pixels]
+    if not pixels:
+        return ""
+    text = " ".join(f"[{x}, {y}]" for x, y in pixels[:limit])
+    return f" at [x, y] {text}" + (" ..." if len(pixels) > limit else "")
+
+
+def summary_lines(summary: dict, cutoff: float) -> list[str]:
+    """The printed series-quality summary of :func:`holodask.stats.find_spots`'s result."""
+    from holodask.stats import DEFECT_SIGMAS, FRAME_OUTLIER_SIGMAS
+
+    hot, dead = summary["hot_pixels"], summary["dead_pixels"]
+    counts = np.asarray(summary["frame_outlier_pixels"])
+    means = np.asarray(summary["frame_mean"])
+    worst = int(np.argmax(counts)) if counts.size else 0
+    lines = [
+        f"hot pixels:  {len(hot)}{_pixels_text(hot)}",
+        f"dead pixels: {len(dead)}{_pixels_text(dead)}",
+        f"  (of {summary['n_pixels']}; average {DEFECT_SIGMAS:g} robust sigmas above/below its 3x3 "
+        "neighbourhood, or dead: constant over the series)",
+    ]
+    if counts.size:
+        lines.append(f"outlier pixels per frame (I >= avg + {cutoff:g} std; cosmic rays): median "
+                     f"{np.median(counts):g}, max {counts[worst]} (frame {worst}), total {counts.sum()}")
+        lines.append(f"frames with many outlier pixels: {_frames_text(summary['frames_many_outliers'])}")
+        lines.append(f"frame mean intensity: median {np.median(means):.6g}, range {means.min():.6g} .. "
+                     f"{means.max():.6g}; outlying frames: {_frames_text(summary['frames_odd_mean'])}")
+        lines.append(f"  (frames: positions 0..{counts.size - 1} in the series; outlying: "
+                     f"{FRAME_OUTLIER_SIGMAS:g} robust sigmas from the median)")
+    return lines

@@ -4,6 +4,11 @@ The first 2-D image (or 3-D image stack: frames x rows x columns) of the file
 is used; other signals (spectra, line profiles) are skipped. Pixel data are
 read lazily where RosettaSciIO supports it (every type but RGB(A)). RGB(A)
 images are turned into grey values (float32 luma 0.299 R + 0.587 G + 0.114 B).
+
+A single image's acquisition time, the tag ``DataBar / Acquisition Time (OS)``
+(Windows file time: 100 ns ticks since 1601), is its frame coordinate
+``time_s`` (seconds since 1970-01-01 UTC); DM image stacks carry no
+per-frame acquisition times, and get none.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ _DETECTOR_TAGS = (
     ("DataBar", "Device Name"),
     ("Session Info", "Detector"),
 )
+_ACQUISITION_TIME_TAG = ("DataBar", "Acquisition Time (OS)")  # Windows file time
+#: seconds from 1601-01-01 (Windows file time) to 1970-01-01 (Unix time)
+_FILETIME_EPOCH_S = 11644473600.0
 _BINNING_TAGS = (
     ("Acquisition", "Parameters", "High Level", "Binning"),
     ("Acquisition", "Parameters", "Detector", "hbin"),
@@ -142,6 +150,10 @@ class DMSource(StoredHeaderSource):
         self._data = data if self._lazy else None
         self._metadata = self._read_metadata(signal)
         self._n_frames, self._shape = self._shape3[0], self._shape3[1:]
+        ticks = self._metadata.extra.pop("acquisition_filetime", None)
+        self._coords = {}
+        if ticks is not None and self._n_frames == 1:
+            self._coords = {"time_s": np.array([ticks * 1e-7 - _FILETIME_EPOCH_S])}
         self._dtype = np.dtype(np.float32) if self._rgb else self._stored_dtype  # RGB(A) is read as grey
 
     def _read_metadata(self, signal: dict[str, Any]) -> FrameMetadata:
@@ -171,6 +183,9 @@ class DMSource(StoredHeaderSource):
             if binning and binning >= 1:
                 meta.binning = int(binning)
                 break
+        ticks = to_float(_lookup(tags, _ACQUISITION_TIME_TAG))
+        if ticks is not None and ticks > 1e17:  # after about 1917: a plausible file time
+            meta.extra["acquisition_filetime"] = ticks
         title = to_text(_lookup(signal.get("metadata", {}), ("General", "title")))
         if title:
             meta.extra["title"] = title

@@ -9,6 +9,8 @@ _READER_MODULES = (
     "holodask.io.imagefiles",
     "holodask.io.framecache",
     "holodask.io.tiff",
+    "holodask.io.rsciio_formats",
+    "holodask.io.tia",
 )
 
 for _name in _READER_MODULES:

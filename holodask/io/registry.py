@@ -28,6 +28,7 @@ __all__ = [
     "StoredHeaderSource",
     "parse_spec",
     "register_reader",
+    "register_content_rule",
     "open_source",
     "reader_types",
 ]
@@ -213,6 +214,22 @@ def register_reader(*types: str):
     return decorate
 
 
+#: (types, predicate, target type): a file of one of ``types`` for which
+#: ``predicate(spec)`` holds is read by the reader of ``target``
+_CONTENT_RULES: list[tuple[tuple[str, ...], Callable[[FileSpec], bool], str]] = []
+
+
+def register_content_rule(types, predicate: Callable[[FileSpec], bool], target: str) -> None:
+    """Let the reader of ``target`` read files of ``types`` whose content ``predicate`` recognises.
+
+    E.g. a HyperSpy file named ``.hdf5`` (given without ``dataset=``) is read
+    as ``hspy``. ``type=`` in a file spec bypasses every rule.
+    """
+    rule = (tuple(t.lower() for t in types), predicate, target.lower())
+    if rule not in _CONTENT_RULES:
+        _CONTENT_RULES.append(rule)
+
+
 def reader_types() -> list[str]:
     """The registered type names."""
     _load_builtin_readers()
@@ -233,6 +250,8 @@ def open_source(spec: str | FileSpec, basepath: str | os.PathLike | None = None)
     """
     _load_builtin_readers()
     fs = parse_spec(spec, basepath)
+    query = (fs.text or "").partition("?")[2]
+    given_type = any(part.partition("=")[0].strip() == "type" for part in query.replace("?", "&").split("&"))
     factory = _REGISTRY.get(fs.type)
     if factory is None:
         known = ", ".join(sorted(_REGISTRY))
@@ -242,4 +261,9 @@ def open_source(spec: str | FileSpec, basepath: str | os.PathLike | None = None)
         )
     if not fs.path.exists():
         raise InputFileError(f"{fs.path}: file not found")
+    if not given_type:
+        for types, predicate, target in _CONTENT_RULES:
+            if fs.type in types and target in _REGISTRY and predicate(fs):
+                factory = _REGISTRY[target]
+                break
     return factory(fs)

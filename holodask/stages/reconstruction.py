@@ -169,7 +169,7 @@ def sideband_geometry_of(params: HoloParams, image_shape, camera_shape, sampling
     return sideband_geometry(
         image_shape, sampling, carrier, (out_size, out_size), params.cut_off2_per_nm2,
         params.filter_func, params.mtf if use_mtf else None, binning,
-        single_precision_mask=_single_precision(dtype),
+        single_precision_mask=_single_precision(dtype), fresnel_filter=params.fresnel_filter,
     )
 
 
