@@ -22,6 +22,7 @@ __all__ = [
     "SidebandGeometry",
     "sideband_geometry",
     "reconstruct_hologram",
+    "hologram_quality",
     "moved_roi",
     "extract_roi",
     "fft_plans",
@@ -49,6 +50,8 @@ class SidebandGeometry:
     out_weights : ``weights`` at the unshifted output pixels, divided by the number of
         output pixels (the inverse FFT's normalisation), 0 where nothing is kept.
     out_conjugate : which unshifted output pixels are conjugated (None: none).
+    carrier_weight : the weight (mask / MTF) on the carrier's own pixel.
+    weight_power : the sum of the squared weights (how much noise the mask lets through).
     carrier_per_nm : (x, y) carrier in 1/nm.
     sampling_out_nm : (y, x) pixel size of the reconstruction in nm.
     """
@@ -69,6 +72,8 @@ class SidebandGeometry:
     source: np.ndarray | None = None
     out_weights: np.ndarray | None = None
     out_conjugate: np.ndarray | None = None
+    carrier_weight: float = 1.0
+    weight_power: float = 0.0
 
 
 def _shifted_frequencies(n: int, spacing: float, carrier: float, dtype) -> np.ndarray:
@@ -193,6 +198,10 @@ def sideband_geometry(
         out_conjugate = np.zeros((ny, nx), dtype=bool)
         out_conjugate[at] = conjugate[None, :]
     sampling_out = (sy * height / ny, sx * width / nx)
+    # the weight (mask / MTF) on the pixel of the carrier itself
+    carrier_row = min(max(height // 2 + int_carrier[0] - y0, 0), y1 - y0 - 1)
+    carrier_col = min(max(width // 2 + int_carrier[1] - x0, 0), x1 - x0 - 1)
+    carrier_weight = float(weights[carrier_row, carrier_col]) if weights.size else 1.0
     fraction = (carrier_px - int_carrier) / np.array([height, width]) / np.array([sy, sx])  # 1/nm
     if np.allclose(fraction, 0.0):
         ramp = None
@@ -217,13 +226,16 @@ def sideband_geometry(
         source=source,
         out_weights=out_weights,
         out_conjugate=out_conjugate,
+        carrier_weight=carrier_weight if carrier_weight > 0 else 1.0,
+        weight_power=float(np.sum(weights.astype(np.float64) ** 2)),
     )
 
 
-def reconstruct_hologram(frame: np.ndarray, geometry: SidebandGeometry) -> np.ndarray:
+def reconstruct_hologram(frame: np.ndarray, geometry: SidebandGeometry, *, return_mean: bool = False):
     """Reconstruct one hologram: FFT, cut out and mask the sideband, inverse FFT.
 
-    Returns the complex64 wave of ``geometry.out_shape``.
+    Returns the complex64 wave of ``geometry.out_shape`` (and, with ``return_mean``,
+    the hologram's mean intensity, read off its transform).
     """
     frame = np.asarray(frame)
     if frame.shape != geometry.image_shape:
@@ -247,9 +259,44 @@ def reconstruct_hologram(frame: np.ndarray, geometry: SidebandGeometry) -> np.nd
         np.conjugate(side, out=side, where=geometry.out_conjugate)
     side *= geometry.out_weights
     wave = run_inverse()
-    if geometry.ramp is not None:
-        return np.multiply(wave, geometry.ramp)
-    return wave.copy()
+    wave = np.multiply(wave, geometry.ramp) if geometry.ramp is not None else wave.copy()
+    if return_mean:
+        # the row transforms' first column holds the row sums
+        return wave, float(np.sum(along_x[:, 0].real, dtype=np.float64)) / (height * geometry.image_shape[1])
+    return wave
+
+
+def hologram_quality(wave: np.ndarray, mean_intensity: float, geometry: SidebandGeometry) -> np.ndarray:
+    """Fringe contrast, carrier offset and shot-noise phase noise of one hologram.
+
+    For ``I = I0 (1 + V cos(2 pi q.r + phi))`` the sideband holds ``I0 V / 2`` per
+    pixel of the transform, so ``V = 2 rms|wave| / I0`` once the wave is scaled back
+    (the transform's size, the mask and MTF weight at the carrier): the contrast
+    times the object's rms amplitude (1 in vacuum). The carrier offset is the mean
+    phase step between neighbouring pixels of the wave (amplitude weighted): the
+    sideband's distance from ``sideband_pos`` in 1/nm (x, y), the object's mean
+    phase gradient included (constant along a series; its changes are the drift).
+    The phase noise is that of Poisson counts through the mask,
+    ``sqrt(2 sum(w^2) / (I0 V^2 H W))`` rad per pixel of the wave (``w``: the mask's
+    weights, ``H W``: the hologram's pixels): for counts in electrons (for ``c``
+    counts per electron it is ``sqrt(c)`` times larger).
+
+    Returns
+    -------
+    float64 array ``[contrast, offset_x_per_nm, offset_y_per_nm, phase_noise_rad]``.
+    """
+    flat = wave.reshape(-1)
+    ny, nx = wave.shape
+    height, width = geometry.image_shape
+    power = float(np.vdot(flat, flat).real) / flat.size
+    scale = (ny * nx) / (height * width) / geometry.carrier_weight
+    contrast = 2.0 * np.sqrt(power) * scale / mean_intensity if mean_intensity > 0 else 0.0
+    step_x = np.angle(np.vdot(flat[:-1], flat[1:]))  # (the row ends wrap into the next row: 1/nx of the terms)
+    step_y = np.angle(np.vdot(wave[:-1].reshape(-1), wave[1:].reshape(-1)))
+    sy, sx = geometry.sampling_out_nm
+    signal = mean_intensity * contrast**2 * height * width
+    noise = float(np.sqrt(2.0 * geometry.weight_power / signal)) if signal > 0 else float("inf")
+    return np.array([contrast, step_x / (2 * np.pi * sx), step_y / (2 * np.pi * sy), noise])
 
 
 def fft_plans(geometry: SidebandGeometry) -> list[tuple]:

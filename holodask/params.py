@@ -146,6 +146,8 @@ class HoloParams:
     # holodask extensions
     outlier_cutoff: float | None = None
     tolerance: float | None = None  # relative change of the residual that ends the rounds; None: all rounds
+    reject_outliers: float | None = None  # robust sigmas of fringe contrast / residual that reject a hologram
+    sideband_found: tuple | None = None  # ((x, y), confidence) where a stage found sideband_pos, not given
     fresnel_filter: FresnelFilter | None = None
     # provenance
     basepath: Path = Path(".")  # folder relative paths were taken from
@@ -223,6 +225,7 @@ KNOWN_PARAMETERS: tuple[str, ...] = (
     "outlier_cutoff",
     "tolerance",
     "fresnel_filter",
+    "reject_outliers",
 )
 
 _FILTER_KINDS = ("EDGE", "GAUSSIAN", "BUTTERWORTH")
@@ -636,6 +639,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "defocus_step": (1e9, " nm"),
     "outlier_cutoff": (1e6, ""),
     "tolerance": (1.0, ""),
+    "reject_outliers": (1e6, ""),
     "fresnel_filter.width": (1e3, " 1/nm"),
     "fresnel_filter.gap": (1e3, " 1/nm"),
     "fresnel_filter.angle": (1e4, " degrees"),
@@ -1076,14 +1080,9 @@ def _sizes_and_calibration(given: _Given, partial: bool = False) -> dict[str, An
             values["enable_raw_alignment"] = False
         else:
             values["align_roi"] = _check_roi("align_roi", given["align_roi"])
-    if "sideband_pos" not in given and partial:
+    if "sideband_pos" not in given:  # found on the first hologram (holodask.find_sideband)
         values["sideband_pos_px"] = None
         return values
-    if "sideband_pos" not in given:
-        raise ParameterError(
-            "parameter 'sideband_pos' is required: [x, y] pixel position of the sideband in the "
-            "centred FFT of the holograms"
-        )
     sideband_what = "[x, y]: two numbers (pixel position in the centred FFT)"
     sideband = _check_pair("sideband_pos", given["sideband_pos"], sideband_what)
     values["sideband_pos_px"] = tuple(_check_number("sideband_pos", v, sideband_what) for v in sideband)
@@ -1230,6 +1229,7 @@ def _outputs(given: _Given, values: dict[str, Any], base: Path, parameter_file: 
     found["output_qpimage"] = given.take("output_qpimage", _check_output_path, basepath=base)
     found["outlier_cutoff"] = given.take("outlier_cutoff", _check_float, positive=True)
     found["tolerance"] = given.take("tolerance", _check_float, positive=True)
+    found["reject_outliers"] = given.take("reject_outliers", _check_float, positive=True)
     found["fresnel_filter"] = given.take("fresnel_filter", _check_fresnel)
     inputs = input_paths(values)
     for key in ("output_name", "output_qpimage"):

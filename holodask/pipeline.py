@@ -288,6 +288,8 @@ def _share_fft_plans(params: HoloParams, objects, client) -> None:
         roi_shape = (region[3] - region[1], region[2] - region[0])
         sampling = params.sampling_nm or objects.attrs.get("sampling_nm")
         geometries = []
+        if params.sideband_pos_px is None:  # found later, on the first hologram: planned where used
+            sampling = None
         if sampling and params.object_size:
             geometries.append((roi_shape, params.object_size))
         if sampling and params.empty_series is not None and (params.empty_size or params.object_size):

@@ -75,7 +75,8 @@ def render_result(result: xr.Dataset, *, unwrap: bool = True):
     if "variance" in result:
         panels.append(("variance", np.asarray(result["variance"].values), "magma", None, None, ""))
 
-    fit_vars = [v for v in ("shift_nm", "defocus_nm", "factor", "error") if v in result]
+    fit_vars = [v for v in ("shift_nm", "defocus_nm", "factor", "error", "fringe_contrast", "sideband_shift_px",
+                            "phase_noise_rad") if v in result]
     has_convergence = "convergence" in result and result["convergence"].size > 0
     n_plots = len(fit_vars) + int(has_convergence)
     n_cols = 4
@@ -112,11 +113,23 @@ def render_result(result: xr.Dataset, *, unwrap: bool = True):
         elif name == "defocus_nm":
             ax.plot(frames, vals, "o-")
             ax.set_ylabel("defocus (nm)")
+        elif name == "sideband_shift_px":  # the sideband's drift from the first hologram's position
+            ax.plot(frames, vals[:, 0] - vals[0, 0], "o-", label="x")
+            ax.plot(frames, vals[:, 1] - vals[0, 1], "s-", label="y")
+            ax.set_ylabel("sideband drift (FFT px)")
+            ax.legend()
+        elif name == "fringe_contrast":
+            ax.plot(frames, vals, "o-")
+            ax.set_ylabel("fringe contrast")
+        elif name == "phase_noise_rad":
+            ax.plot(frames, vals, "o-")
+            ax.set_ylabel("phase noise (rad)")
         else:
             ax.plot(frames, vals, "o-")
             ax.set_ylabel("squared residual")
         ax.set_xlabel("hologram")
-        ax.set_title(name.replace("_nm", " (nm)").replace("_", " "))
+        ax.set_title({"sideband_shift_px": "sideband drift", "phase_noise_rad": "phase noise (shot noise)"}.get(
+            name, name.replace("_nm", " (nm)").replace("_", " ")))
     if has_convergence:
         ax = axes[k]
         k += 1

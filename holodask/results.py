@@ -32,6 +32,9 @@ _PER_FRAME = {
     "error": ("error", False),
     "raw_shift": ("raw_shift_px", True),
     "outliers": ("outliers", False),
+    "fringe_contrast": ("fringe_contrast", False),
+    "sideband_shift(px)": ("sideband_shift_px", True),
+    "phase_noise(rad)": ("phase_noise_rad", False),
 }
 
 #: attributes not copied into ``Dataset.attrs`` (they become variables or coords)

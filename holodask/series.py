@@ -117,8 +117,9 @@ class FrameSeries:
     frame_index: np.ndarray
     coords: dict = field(default_factory=dict)
     attrs: dict = field(default_factory=dict)
-    #: per-frame coordinates still to be computed: name -> (dtype, [(key, number of frames), ...])
-    #: (keys of ``graph`` whose values, concatenated, are the coordinate)
+    #: per-frame coordinates still to be computed: name -> (dtype, [(key, number of frames), ...], column)
+    #: (keys of ``graph`` whose values, concatenated, are the coordinate; ``column``: of 2-D values,
+    #: the column that is, None for 1-D values)
     lazy_coords: dict = field(default_factory=dict)
     #: attributes of the coordinates (``units``), by name
     coord_attrs: dict = field(default_factory=dict)
@@ -166,10 +167,11 @@ class FrameSeries:
         }
         coords.update({key: ("frame", values, dict(self.coord_attrs.get(key, {})))
                        for key, values in self.coords.items()})
-        for key, (dtype, parts) in self.lazy_coords.items():
+        for key, (dtype, parts, column) in self.lazy_coords.items():
             coord_name = f"{key}-{self.name}"
             coord_tasks = dict(self.graph)
-            coord_tasks.update({(coord_name, i): part for i, (part, _) in enumerate(parts)})
+            coord_tasks.update({(coord_name, i): part if column is None else (_column_of, part, column, dtype)
+                                for i, (part, _) in enumerate(parts)})
             values = da.Array(HighLevelGraph.from_collections(coord_name, coord_tasks, dependencies=()), coord_name,
                               chunks=(tuple(length for _, length in parts),), dtype=dtype)
             coords[key] = ("frame", values, dict(self.coord_attrs.get(key, {})))
@@ -206,13 +208,27 @@ class FrameSeries:
                 if isinstance(coord.data, da.Array):
                     coord_keys = list(flatten(coord.data.__dask_keys__()))
                     graph.update(dict(coord.data.__dask_graph__()))
-                    lazy_coords[name] = (coord.dtype, list(zip(coord_keys, coord.data.chunks[0])))
+                    lazy_coords[name] = (coord.dtype, list(zip(coord_keys, coord.data.chunks[0])), None)
                     wanted += coord_keys
                 else:
                     frame_coords[name] = np.asarray(coord.values)
         graph, _ = cull(graph, wanted)
         return cls(data.name, graph, keys, tuple(int(n) for n in array.shape), np.dtype(array.dtype),
                    np.asarray(array["frame"].values), frame_coords, dict(array.attrs), lazy_coords, coord_attrs)
+
+
+def _column_of(values, column: int, dtype) -> np.ndarray:
+    """Column ``column`` of a 2-D block of per-frame values, as ``dtype``."""
+    return np.asarray(values)[:, column].astype(dtype)
+
+
+def lazy_coordinate(values: dict, lazy: tuple) -> np.ndarray:
+    """A lazy coordinate (see :attr:`FrameSeries.lazy_coords`) from the computed ``values`` of its keys."""
+    dtype, parts, column = lazy
+    chunks = [np.atleast_1d(values[key]) for key, _ in parts]
+    if column is not None:
+        chunks = [np.asarray(chunk)[:, column] for chunk in chunks]
+    return np.concatenate(chunks).astype(dtype, copy=False)
 
 
 def _alias_target(graph: dict, key):

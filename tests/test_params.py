@@ -327,7 +327,6 @@ def test_wrong_type_names_parameter_and_expectation(key, value, message):
 # ---------------------------------------------------------------------------
 
 MISSING = [
-    ({"sideband_pos": ...}, "parameter 'sideband_pos' is required"),
     ({"cut_off": ...}, "parameter 'cut_off' (sideband radius in 1/nm) or 'cut_off2'"),
     ({"object_size": ...},
      "parameter 'object_size' (positive integer, px) is required with 'object_names'"),
@@ -670,3 +669,9 @@ def test_error_message_is_one_clear_line():
         "parameter 'object_size' must be a positive integer, got the string \"big\" "
         "(write numbers without quotes)"
     )
+
+
+def test_sideband_pos_may_be_left_out_to_be_found():
+    """Without sideband_pos the reconstruction finds it on the first hologram (holodask.find_sideband)."""
+    assert params(sideband_pos=...).sideband_pos_px is None
+    assert params().sideband_pos_px is not None

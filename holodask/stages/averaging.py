@@ -22,7 +22,7 @@ from holodask.align import alignment_grid
 from holodask.errors import DataError, ParameterError
 from holodask.optics import propagate
 from holodask.params import HoloParams, stage_parameters
-from holodask.series import FrameSeries
+from holodask.series import FrameSeries, lazy_coordinate
 from holodask.stages.reconstruction import EmptyWave, stack_of
 from holodask.stages.rounds import AverageResult, HeldFrames, StoredFrame, average_series, hold_frames
 
@@ -118,7 +118,7 @@ def hold_stack(series: FrameSeries, *, client=None, store_dir=None, store=None) 
     if not series.lazy_coords and not lazy_empty and held_frames(series) is not None:
         return series
     dsk = dict(series.graph)
-    also = [key for _, parts in series.lazy_coords.values() for key, _ in parts]
+    also = list(dict.fromkeys(key for _, parts, _ in series.lazy_coords.values() for key, _ in parts))
     if lazy_empty:
         dsk.update(empty.dsk)
         also.append(empty.key)
@@ -132,8 +132,8 @@ def hold_stack(series: FrameSeries, *, client=None, store_dir=None, store=None) 
     if lazy_empty:
         attrs["empty"] = empty.with_value(computed[empty.key])
     coords = dict(series.coords)
-    for name, (dtype, parts) in series.lazy_coords.items():
-        coords[name] = np.concatenate([np.atleast_1d(computed[key]) for key, _ in parts]).astype(dtype, copy=False)
+    for name, lazy in series.lazy_coords.items():
+        coords[name] = lazy_coordinate(computed, lazy)
     if "saturated_px" in coords and attrs.get("roi") is not None:
         left, top, right, bottom = attrs["roi"]
         _warn_saturation(coords["saturated_px"], series.frame_index, (right - left) * (bottom - top))
@@ -332,7 +332,8 @@ def _with_empty(result: "xr.Dataset", empty: EmptyWave) -> "xr.Dataset":
 
 
 #: per-frame coordinates of a stack that become variables of the result (or are replaced by the fit)
-_FRAME_VARIABLES = ("raw_shift_x_px", "raw_shift_y_px", "saturated_px", "outliers", "defocus_nm")
+_FRAME_VARIABLES = ("raw_shift_x_px", "raw_shift_y_px", "saturated_px", "outliers", "defocus_nm", "fringe_contrast",
+                    "sideband_shift_x_px", "sideband_shift_y_px", "phase_noise_rad")
 #: attributes of a stack not passed on to a result
 _STACK_ONLY_ATTRS = ("empty", "params", "hdf5_attrs", "long_name", "name", "sampling_yx_nm")
 
@@ -346,20 +347,82 @@ def average_stack(series: FrameSeries, params: HoloParams, *, client=None, check
         raise ParameterError("voltage: needed for defocus (the files carry no voltage); give the parameter 'voltage' in kV")
     sampling = _wave_sampling(series)
     series = hold_stack(series, client=client)
+    rejected: dict[int, str] = {}
+    if params.reject_outliers is not None:  # low fringe contrast: before any round
+        series, rejected = _without(series, _low_contrast(series, params.reject_outliers), rejected)
     held = held_frames(series)
     if len(held) > 1:
-        started = time.perf_counter()
         grid = alignment_grid(series.shape[1:], sampling, voltage)
-        fit = average_series(held, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
-                             fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
-                             defocus_start=DEFOCUS_START, variance=True, tolerance=params.tolerance,
-                             checkpoint=checkpoint)
-        log.info("averaging: %d rounds in %.2f s", len(fit.convergence), time.perf_counter() - started)
+
+        def rounds(stack: FrameSeries, saved=checkpoint):
+            started = time.perf_counter()
+            fit = average_series(held_frames(stack), grid, stack.coords.get("defocus_nm"),
+                                 iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
+                                 fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
+                                 defocus_start=DEFOCUS_START, variance=True, tolerance=params.tolerance,
+                                 checkpoint=saved)
+            log.info("averaging: %d rounds in %.2f s", len(fit.convergence), time.perf_counter() - started)
+            return fit
+
+        fit = rounds(series)
+        if params.reject_outliers is not None:  # a residual far above the others': once more without them
+            high = _high_residual(series, fit.errors, params.reject_outliers)
+            if high:
+                series, rejected = _without(series, high, rejected)
+                fit = rounds(series, None)
         data, variance = fit.wave, fit.variance
     else:
         fit, variance = None, None
         data = propagate(held.frame(0), float(defocus[0]), voltage or 300.0, sampling)
-    return _averaged(series, params, fit, np.asarray(data, dtype=np.complex64), variance, sampling)
+    if rejected:
+        log.warning("holodask: %d hologram(s) rejected (reject_outliers %g): %s", len(rejected),
+                    params.reject_outliers, "; ".join(f"frame {k} ({why})" for k, why in rejected.items()))
+    result = _averaged(series, params, fit, np.asarray(data, dtype=np.complex64), variance, sampling)
+    if rejected:
+        result.hdf5_attrs["rejected_frames"] = np.array(list(rejected), dtype=np.int64)
+        result.attrs["rejected_frames"] = dict(rejected)
+    return result
+
+
+def _robust_spread(values: np.ndarray) -> tuple[float, float]:
+    """Median and 1.4826 x the median absolute deviation (at least 1e-3 of the median)."""
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median)))
+    return median, max(spread, 1e-3 * abs(median), 1e-30)
+
+
+def _low_contrast(series: FrameSeries, sigmas: float) -> dict[int, str]:
+    """Frames (positions) whose fringe contrast lies ``sigmas`` robust spreads below the median."""
+    contrast = series.coords.get("fringe_contrast")
+    if contrast is None or series.n_frames < 3:
+        return {}
+    median, spread = _robust_spread(np.asarray(contrast))
+    return {int(k): f"fringe contrast {contrast[k]:.3f}, median {median:.3f}"
+            for k in np.flatnonzero(np.asarray(contrast) < median - sigmas * spread)}
+
+
+def _high_residual(series: FrameSeries, errors: np.ndarray, sigmas: float) -> dict[int, str]:
+    """Frames (positions) whose residual against the average lies ``sigmas`` robust spreads above the median."""
+    if series.n_frames < 3:
+        return {}
+    median, spread = _robust_spread(errors)
+    return {int(k): f"residual {errors[k] / median:.1f}x the median" for k in np.flatnonzero(errors > median + sigmas * spread)}
+
+
+def _without(series: FrameSeries, drop: dict[int, str], rejected: dict[int, str]) -> tuple[FrameSeries, dict]:
+    """The held stack without the frames at positions ``drop`` (and the rejections by series index)."""
+    if not drop:
+        return series, rejected
+    if len(drop) >= series.n_frames - 1:
+        raise DataError(f"reject_outliers: {len(drop)} of {series.n_frames} holograms would be rejected; "
+                        "fewer than two would be left (a larger value rejects fewer)")
+    keep = [k for k in range(series.n_frames) if k not in drop]
+    rejected = {**rejected, **{int(series.frame_index[k]): why for k, why in drop.items()}}
+    coords = {name: np.asarray(values)[keep] for name, values in series.coords.items()}
+    kept = FrameSeries(series.name + "-kept", series.graph, [series.keys[k] for k in keep],
+                       (len(keep), *series.shape[1:]), series.dtype, np.asarray(series.frame_index)[keep], coords,
+                       dict(series.attrs), {}, dict(series.coord_attrs))
+    return kept, rejected
 
 
 def _averaged(series: FrameSeries, params: HoloParams, fit, data, variance, sampling) -> Averaged:
@@ -373,9 +436,12 @@ def _averaged(series: FrameSeries, params: HoloParams, fit, data, variance, samp
         raw_shift = np.stack([coords["raw_shift_x_px"], coords["raw_shift_y_px"]], axis=1)
         if aligned:
             frame_values["raw_shift_px"] = raw_shift
-    for name in ("saturated_px", "outliers"):
+    for name in ("saturated_px", "outliers", "fringe_contrast", "phase_noise_rad"):
         if name in coords:
             frame_values[name] = np.asarray(coords[name])
+    if "sideband_shift_x_px" in coords:
+        frame_values["sideband_shift_px"] = np.stack([coords["sideband_shift_x_px"], coords["sideband_shift_y_px"]],
+                                                     axis=1)
     hdf5_attrs = dict(series.attrs.get("hdf5_attrs") or {})
     if fit is not None:
         hdf5_attrs.update(hologram_attrs(
@@ -384,12 +450,24 @@ def _averaged(series: FrameSeries, params: HoloParams, fit, data, variance, samp
             convergence=fit.convergence, frame_index=series.frame_index))
     else:
         hdf5_attrs.update(hologram_attrs(frame_index=series.frame_index))
+    hdf5_attrs.update(quality_attrs(frame_values))
     attrs = {key: value for key, value in series.attrs.items() if key not in _STACK_ONLY_ATTRS and value is not None}
     attrs["parameters"] = dict(params.raw)
     empty = series.attrs.get("empty")
     return Averaged(data, variance, fit, sampling, np.asarray(series.frame_index), frame_values,
                     {name: values for name, values in coords.items() if name not in _FRAME_VARIABLES},
                     dict(series.coord_attrs), empty if isinstance(empty, EmptyWave) else None, hdf5_attrs, attrs)
+
+
+#: per-hologram quality: variable -> output attribute of ``data``/``variance``
+QUALITY_ATTRS = {"fringe_contrast": "fringe_contrast", "sideband_shift_px": "sideband_shift(px)",
+                 "phase_noise_rad": "phase_noise(rad)"}
+
+
+def quality_attrs(frame_values: dict) -> dict:
+    """The per-hologram quality as attributes of the output's ``data`` (one value per hologram)."""
+    return {attr: np.asarray(frame_values[name], dtype=np.float64) for name, attr in QUALITY_ATTRS.items()
+            if name in frame_values}
 
 
 def empty_dataset(empty: EmptyWave, params: HoloParams) -> "xr.Dataset":

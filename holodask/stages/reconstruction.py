@@ -27,7 +27,13 @@ from dask.base import tokenize
 
 from holodask.align import alignment_grid, correlate_spectra, correlation_window, window_spectrum
 from holodask.errors import DataError, InputFileError, ParameterError
-from holodask.hologram import SidebandGeometry, extract_roi, reconstruct_hologram, sideband_geometry
+from holodask.hologram import (
+    SidebandGeometry,
+    extract_roi,
+    hologram_quality,
+    reconstruct_hologram,
+    sideband_geometry,
+)
 from holodask.normalise import ConstantEmpty, factor_grid, normalisation_factor, normalise, normalise_with_factor
 from holodask.optics import carrier_per_nm, fourier_rescale
 from holodask.params import HoloParams, stage_parameters
@@ -146,7 +152,11 @@ def check_roi(roi, shape, name: str) -> tuple[int, int, int, int]:
     return (left, top, right, bottom)
 
 
-def check_sideband(params: HoloParams, shape) -> None:
+def check_sideband(params: HoloParams, shape, sampling_nm: float | None = None) -> None:
+    """Refuse a ``sideband_pos`` outside the transform, on the centre band, or whose mask
+    (``cut_off``) reaches the centre band (a disc of the same radius around the centre:
+    the sideband must lie more than twice the cut-off from the centre); say (with -v)
+    when it is the lower sideband, whose wave is the conjugate of the upper one's."""
     height, width = shape
     x, y = params.sideband_pos_px
     if not (0 <= x < width and 0 <= y < height):
@@ -154,6 +164,35 @@ def check_sideband(params: HoloParams, shape) -> None:
             f"sideband_pos: [{x:g}, {y:g}] lies outside the {width} x {height} px Fourier transform "
             "of the holograms; expected 0 <= x < width and 0 <= y < height"
         )
+    dx, dy = x - width // 2, y - height // 2
+    if np.hypot(dx, dy) < 1.0:
+        raise ParameterError(
+            f"sideband_pos: [{x:g}, {y:g}] is the centre band (the middle of the {width} x {height} px transform), "
+            "not a sideband; holodask info FILE --fft finds the sideband"
+        )
+    if sampling_nm and params.cut_off2_per_nm2 is not None:
+        carrier = np.array([dx / (width * sampling_nm), dy / (height * sampling_nm)])  # 1/nm (x, y)
+        distance = float(np.hypot(*carrier))
+        direction = carrier / distance
+        radius = 1.0 / np.sqrt(direction @ np.linalg.inv(np.asarray(params.cut_off2_per_nm2, dtype=float)) @ direction)
+        if distance <= 2 * radius:
+            raise ParameterError(
+                f"cut_off: the mask ({radius:.4g} 1/nm around the sideband) overlaps the centre band: the sideband "
+                f"[{x:g}, {y:g}] lies {distance:.4g} 1/nm from the centre; expected a cut_off below half of that "
+                f"({distance / 2:.4g} 1/nm)"
+            )
+    if sideband_half(params.sideband_pos_px, shape) == "lower":
+        log.info("sideband_pos: [%g, %g] is the lower sideband: the wave is the complex conjugate of the upper "
+                 "sideband's (the phase has the opposite sign)", x, y)
+
+
+def sideband_half(position, shape) -> str:
+    """'upper' (y < H // 2, or on that row right of the centre: :func:`holodask.find_sideband`'s)
+    or 'lower' (its conjugate)."""
+    height, width = shape
+    x, y = position
+    upper = y < height // 2 - 0.5 or (abs(y - height // 2) <= 0.5 and x > width // 2)
+    return "upper" if upper else "lower"
 
 
 def _single_precision(dtype) -> bool:
@@ -191,9 +230,14 @@ def _with_found_sideband(params: HoloParams, series: FrameSeries, sampling: floa
     changes: dict[str, Any] = {}
     raw = dict(params.raw)
     if params.sideband_pos_px is None:
-        changes["sideband_pos_px"] = tuple(float(v) for v in found.position)
-        raw["sideband_pos"] = [round(float(v), 2) for v in found.position]
-        log.info("sideband_pos: found [%.1f, %.1f] (confidence %.2f)", *found.position, found.confidence)
+        position = tuple(round(float(v), 2) for v in found.position)
+        changes["sideband_pos_px"] = position
+        changes["sideband_found"] = (position, float(found.confidence))
+        raw["sideband_pos"] = list(position)
+        conjugate = tuple(round(float(v), 2) for v in found.conjugate)
+        log.warning("holodask: sideband_pos found in the first hologram of %s: [%.2f, %.2f], confidence %.2f "
+                    "(the upper sideband; [%.2f, %.2f], the lower one, gives the conjugate wave)",
+                    source, *position, found.confidence, *conjugate)
     if params.cut_off2_per_nm2 is None:
         if found.cut_off is None:
             raise ParameterError("cut_off: needed (the holograms carry no pixel size to suggest one in 1/nm)")
@@ -327,7 +371,7 @@ def _empty_from_series(series: FrameSeries, params: HoloParams, sampling: float,
 
     size = _empty_size(params)
     shape = tuple(series.shape[1:])
-    check_sideband(params, shape)
+    check_sideband(params, shape, sampling)
     binning = int(series.attrs.get("binning") or 1)
     geometry = sideband_geometry_of(params, shape, shape, sampling, size, binning, dtype=series.dtype)
     frame_index = series.frame_index
@@ -400,7 +444,9 @@ def _synthesized_empty(params: HoloParams, sampling: float | None) -> EmptyWave:
     if sampling is None:
         raise ParameterError("sampling: needed to synthesise the empty wave without object files")
     shape = distortions[0].shape
-    check_sideband(params, shape)
+    if params.sideband_pos_px is None:
+        raise ParameterError("sideband_pos: needed to synthesise the empty wave (there is no hologram to find it in)")
+    check_sideband(params, shape, sampling)
     size = _empty_size(params)
     carrier_px = ((params.sideband_pos_px[0] - shape[1] // 2) / shape[1],
                   (params.sideband_pos_px[1] - shape[0] // 2) / shape[0])
@@ -632,33 +678,34 @@ _FACTORS = _FactorCache()
 
 
 def _reconstruct_frame(block, shifts, k, big_empty, factor_token, factor_shape, geometry: SidebandGeometry, roi,
-                       label, source, out_shape):
-    """One raw frame block (1, H, W) to ``(wave (ny, nx), saturated pixels of its ROI)``:
-    the drift-moved ROI cut out, reconstructed and normalised by the empty wave."""
+                       label, source, out_shape, per_nm_to_px):
+    """One raw frame block (1, H, W) to ``(wave (ny, nx), quality)``: the drift-moved ROI
+    cut out, reconstructed and normalised by the empty wave; ``quality`` (1, 5): the
+    saturated pixels of its ROI, the fringe contrast, the sideband's offset (x, y) in
+    pixels of the camera's transform (``per_nm_to_px``: (x, y) px per 1/nm) and the
+    shot-noise phase noise (:func:`holodask.hologram.hologram_quality`)."""
     shift_xy = (int(shifts[k][0]), int(shifts[k][1]))
     frame = extract_roi(block[0], roi, shift_xy)
     saturated = _saturation_count(frame)
     _check_finite(frame, label, source)
-    wave = reconstruct_hologram(frame, geometry)
+    wave, mean_intensity = reconstruct_hologram(frame, geometry, return_mean=True)
+    contrast, offset_x, offset_y, noise = hologram_quality(wave, mean_intensity, geometry)
+    quality = np.array([[saturated, contrast, offset_x * per_nm_to_px[0], offset_y * per_nm_to_px[1], noise]])
     if factor_token is not None:
         factor = _FACTORS.get((factor_token, shift_xy),
                               lambda: normalisation_factor(big_empty, roi, shift_xy, factor_shape))
         wave = normalise_with_factor(wave, factor, out_shape)
     else:
         wave = normalise(wave, big_empty, roi, shift_xy, out_shape)
-    return wave, saturated
+    return wave, quality
 
 
 def _wave_block(pair) -> np.ndarray:
     return pair[0][np.newaxis]
 
 
-def _count_block(pair) -> np.ndarray:
-    return np.array([pair[1]], dtype=np.int64)
-
-
-def _column(shifts, axis: int) -> np.ndarray:
-    return np.ascontiguousarray(shifts[:, axis])
+def _quality_block(pair) -> np.ndarray:
+    return pair[1]
 
 
 @dataclass(frozen=True)
@@ -679,7 +726,7 @@ def _object_setup(series: FrameSeries, params: HoloParams) -> _ObjectSetup:
     camera_shape = tuple(int(s) for s in series.shape[1:])
     sampling = _sampling(series, params, "object")
     params = _with_found_sideband(params, series, sampling)
-    check_sideband(params, camera_shape)
+    check_sideband(params, camera_shape, sampling)
     roi = check_roi(params.roi, camera_shape, "roi")
     align_region = check_roi(params.align_roi_or_roi, camera_shape, "align_roi")
     binning = int(params.binning or series.attrs.get("binning") or 1)
@@ -735,6 +782,9 @@ def _wave_attrs(setup: _ObjectSetup, series: FrameSeries, empty: EmptyWave | Non
         hdf5_attrs["align_cut_off"] = float(params.align_cut_off_per_nm or params.cut_off_per_nm)
     else:
         hdf5_attrs.pop("align_cut_off", None)
+    if params.sideband_found:  # found, not given: where, and how sure
+        hdf5_attrs["sideband_pos_found"] = np.asarray(params.sideband_found[0], dtype=np.float64)
+        hdf5_attrs["sideband_confidence"] = float(params.sideband_found[1])
     return {
         "name": "wave",
         "long_name": "reconstructed wave",
@@ -743,6 +793,8 @@ def _wave_attrs(setup: _ObjectSetup, series: FrameSeries, empty: EmptyWave | Non
         "hologram_sampling_nm": setup.sampling_nm,
         "voltage_kV": setup.voltage_kV,
         "sideband_pos_px": tuple(float(v) for v in params.sideband_pos_px),
+        "sideband": sideband_half(params.sideband_pos_px, setup.camera_shape),
+        "sideband_confidence": params.sideband_found[1] if params.sideband_found else None,
         "carrier_per_nm": tuple(float(v) for v in geometry.carrier_per_nm),
         "cut_off_per_nm": params.cut_off_per_nm,
         "object_size_px": int(params.object_size),
@@ -855,23 +907,30 @@ def reconstruct_stack(series: FrameSeries, params: HoloParams, *, empty=None, ra
         value = 1.0 if params.only_phase else e_size * e_size / (setup.camera_shape[0] * setup.camera_shape[1])
         dsk[empty_key] = ConstantEmpty(value, setup.camera_shape)
         grid, factor_token = None, None
-    pair_name, wave_name, count_name = ("reconstruct-" + token, "wave-" + token, "saturated-" + token)
+    pair_name, wave_name, quality_name = ("reconstruct-" + token, "wave-" + token, "quality-" + token)
+    # the sideband's offset: 1/nm to pixels of the camera's transform
+    per_nm_to_px = (setup.sampling_nm * setup.camera_shape[1], setup.sampling_nm * setup.camera_shape[0])
     for k in range(series.n_frames):
         dsk[(pair_name, k)] = (_reconstruct_frame, series.frame_task(k), shifts_key, k, empty_key, factor_token,
-                               grid, geometry_key, roi, f"frame {int(series.frame_index[k])}", source, out_shape)
+                               grid, geometry_key, roi, f"frame {int(series.frame_index[k])}", source, out_shape,
+                               per_nm_to_px)
         dsk[(wave_name, k)] = (_wave_block, (pair_name, k))
-        dsk[(count_name, k)] = (_count_block, (pair_name, k))
-    shift_name = "raw-shift-" + token
-    dsk[(shift_name, "x")] = (_column, shifts_key, 0)
-    dsk[(shift_name, "y")] = (_column, shifts_key, 1)
+        dsk[(quality_name, k)] = (_quality_block, (pair_name, k))
     n = series.n_frames
-    lazy = {"raw_shift_x_px": (np.int64, [((shift_name, "x"), n)]),
-            "raw_shift_y_px": (np.int64, [((shift_name, "y"), n)]),
-            "saturated_px": (np.int64, [((count_name, k), 1) for k in range(n)])}
+    quality = [((quality_name, k), 1) for k in range(n)]
+    lazy = {"raw_shift_x_px": (np.int64, [(shifts_key, n)], 0),
+            "raw_shift_y_px": (np.int64, [(shifts_key, n)], 1),
+            "saturated_px": (np.int64, quality, 0),
+            "fringe_contrast": (np.float64, quality, 1),
+            "sideband_shift_x_px": (np.float64, quality, 2),
+            "sideband_shift_y_px": (np.float64, quality, 3),
+            "phase_noise_rad": (np.float64, quality, 4)}
     coords = {key: values for key, values in series.coords.items()}
     coord_attrs = dict(series.coord_attrs)
-    coord_attrs.update({"raw_shift_x_px": {"units": "px"}, "raw_shift_y_px": {"units": "px"},
-                        "defocus_nm": {"units": "nm"}})
+    coord_attrs.update({name: {"units": "px"} for name in ("raw_shift_x_px", "raw_shift_y_px", "sideband_shift_x_px",
+                                                            "sideband_shift_y_px")})
+    coord_attrs.update({"defocus_nm": {"units": "nm"}, "phase_noise_rad": {"units": "rad"},
+                        "fringe_contrast": {"long_name": "fringe contrast (times the object's rms amplitude)"}})
     attrs = _wave_attrs(setup, series, empty_wave, coords.get("outliers"))
     return FrameSeries(wave_name, dsk, [(wave_name, k) for k in range(n)], (n, size, size), np.dtype(np.complex64),
                        series.frame_index, coords, attrs, lazy, coord_attrs)
