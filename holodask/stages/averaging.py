@@ -25,6 +25,7 @@ from holodask.params import HoloParams, stage_parameters
 from holodask.series import FrameSeries
 from holodask.stages.reconstruction import EmptyWave, stack_of
 from holodask.stages.rounds import AverageResult, HeldFrames, StoredFrame, average_series, hold_frames
+from holodask.vacuum import normalize_averaged
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -359,7 +360,8 @@ def average_stack(series: FrameSeries, params: HoloParams, *, client=None, check
     else:
         fit, variance = None, None
         data = propagate(held.frame(0), float(defocus[0]), voltage or 300.0, sampling)
-    return _averaged(series, params, fit, np.asarray(data, dtype=np.complex64), variance, sampling)
+    return normalize_averaged(_averaged(series, params, fit, np.asarray(data, dtype=np.complex64), variance, sampling),
+                              params)
 
 
 def _averaged(series: FrameSeries, params: HoloParams, fit, data, variance, sampling) -> Averaged:
