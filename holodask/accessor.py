@@ -7,8 +7,12 @@
     waves.isel(frame=0).holo.unwrapped_phase()
     holograms.isel(frame=0).holo.fft().holo.plot()   # spectrum with the sideband mask
     result.holo.plot()                    # a result Dataset: amplitude, phase, variance, fit
+    result.holo.normalized(ramp=True)     # amplitude 1, phase 0 (and flat) in the vacuum found
+    result.holo.thickness()               # t/lambda = -2 ln(A/A0)
+    wave.holo.phase_gradient(), wave.holo.contours(n=8), wave.holo.find_vacuum()
 
 Phases are in rad, amplitudes in the wave's own units; ``y``/``x`` stay in nm.
+The kernels behind the vacuum methods are those of :mod:`holodask.vacuum`.
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ def _unwrap(values):
     return unwrap_phase(np.angle(values)).astype(np.float32)
 
 
-def _per_image(func):
+def _per_image(func, dtype=np.float32):
     """``func`` of a 2-D image applied to every image of an (..., y, x) block."""
     def apply(block):
         block = np.asarray(block)
-        out = np.empty(block.shape, dtype=np.float32)
+        out = np.empty(block.shape, dtype=dtype)
         for index in np.ndindex(block.shape[:-2]):
             out[index] = func(block[index])
         return out
@@ -66,7 +70,8 @@ class HoloDataArrayAccessor:
         self._array = array
 
     # ------------------------------------------------------------ derived maps
-    def _map(self, func, name: str, units: str, *, per_image: bool = False) -> xr.DataArray:
+    def _map(self, func, name: str, units: str, *, per_image: bool = False, dtype=np.float32,
+             attrs: dict | None = None) -> xr.DataArray:
         """``func`` on the values (image by image with ``per_image``), lazily where they are."""
         import dask.array as da
 
@@ -74,18 +79,171 @@ class HoloDataArrayAccessor:
         if per_image:
             _as_image_dims(array)
             array = array.transpose(..., "y", "x")
-            func = _per_image(func)
+            func = _per_image(func, dtype)
         data = array.data
         if isinstance(data, da.Array):
             if per_image:
                 data = data.rechunk({data.ndim - 2: -1, data.ndim - 1: -1})
-            values = data.map_blocks(func, dtype=np.float32, meta=np.empty((0,) * data.ndim, np.float32))
+            values = data.map_blocks(func, dtype=dtype, meta=np.empty((0,) * data.ndim, dtype))
         else:
             values = func(np.asarray(data))
         result = array.copy(data=values)
         result.name = name
-        result.attrs = {"units": units, "long_name": name.replace("_", " ")}
+        result.attrs = attrs if attrs is not None else {"units": units, "long_name": name.replace("_", " ")}
         return result
+
+    def _image_values(self, first: bool = True) -> np.ndarray:
+        """The (first) image's values as numpy (computed if lazy)."""
+        array = _as_image_dims(self._array).transpose(..., "y", "x")
+        if first:
+            array = array.isel({dim: 0 for dim in array.dims[:-2]})
+        return np.asarray(array.values)
+
+    def _sampling(self) -> tuple[tuple[float, float], str]:
+        """((y, x) pixel size, its unit): nm from the coordinates, else 1 px."""
+        steps, unit = [], "nm"
+        for name in ("y", "x"):
+            coord = self._array.coords[name] if name in self._array.coords else None
+            if coord is None or coord.size < 2 or coord.attrs.get("units", "nm") != "nm":
+                return (1.0, 1.0), "px"
+            steps.append(float(coord.values[1] - coord.values[0]))
+        return (steps[0], steps[1]), unit
+
+    def _vacuum_box(self, vacuum, **options) -> tuple[tuple[int, int, int, int], bool]:
+        """(box, found): ``vacuum`` given, else the box a normalised wave records, else found."""
+        from holodask.vacuum import check_box, find_vacuum
+
+        _as_image_dims(self._array)
+        shape = (self._array.sizes["y"], self._array.sizes["x"])
+        if vacuum is None:
+            vacuum = self._array.attrs.get("vacuum_box_px")
+        if vacuum is not None:
+            return check_box(vacuum, shape), False
+        return find_vacuum(self._image_values(), **options).box, True
+
+    # ------------------------------------------------------------ vacuum
+    def find_vacuum(self, **options) -> tuple[int, int, int, int]:
+        """The vacuum region: bright (amplitude near the highest) and flat (the phase and
+        amplitude vary no more than the noise, a uniform phase ramp allowed), as
+        :func:`holodask.vacuum.find_vacuum` finds it.
+
+        Parameters
+        ----------
+        **options
+            ``block_px``, ``margin_px``, ``amplitude_tolerance``, ``roughness_factor``
+            of :func:`holodask.vacuum.find_vacuum`.
+
+        Returns
+        -------
+        tuple
+            ``(left, top, right, bottom)`` in px of the wave (right/bottom exclusive,
+            as ``roi``), the value ``normalized(vacuum=...)`` and the parameter
+            ``normalize_vacuum`` take. A stack: found on its first image (computed).
+        """
+        from holodask.vacuum import find_vacuum
+
+        return find_vacuum(self._image_values(), **options).box
+
+    def normalized(self, vacuum=None, *, ramp: bool = False) -> xr.DataArray:
+        """The wave normalised to vacuum: amplitude 1 and phase 0 in the vacuum region.
+
+        ``psi * exp(-i (gx x + gy y)) / factor``: ``factor`` is the region's mean
+        amplitude times the phase of its complex mean (after the ramp); the ramp ``(gx, gy)`` (with ``ramp``) the
+        least-squares plane through the region's phase
+        (:func:`holodask.vacuum.fit_phase_ramp`), x/y from the first pixel.
+
+        Parameters
+        ----------
+        vacuum : (left, top, right, bottom), optional
+            The region in px of the wave; default: found (:meth:`find_vacuum`).
+        ramp : bool
+            Also take out the vacuum's phase ramp.
+
+        Returns
+        -------
+        xarray.DataArray
+            Complex, the coordinates kept; ``attrs``: ``vacuum_box_px``,
+            ``vacuum_region`` ("found"/"given"), for one image ``vacuum_factor``
+            and, with ``ramp``, ``vacuum_ramp_rad_per_nm`` (x, y; ``_per_px``
+            without nm coordinates). A stack is normalised image by image (each by
+            its own mean over the box; lazily where it is lazy; the box found on
+            its first image).
+        """
+        from holodask.vacuum import normalize_wave
+
+        box, found = self._vacuum_box(vacuum)
+        array = self._array
+        attrs = {**array.attrs, "vacuum_box_px": list(box), "vacuum_region": "found" if found else "given"}
+        dtype = array.dtype if np.iscomplexobj(np.empty(0, array.dtype)) else np.complex64
+        if array.ndim == 2:
+            values, normalization = normalize_wave(np.asarray(_as_image_dims(array).transpose("y", "x").values),
+                                                   box, remove_ramp=ramp)
+            result = array.transpose("y", "x").copy(data=values.astype(dtype, copy=False))
+            attrs["vacuum_factor"] = complex(normalization.factor)
+            if ramp:
+                (sy, sx), unit = self._sampling()
+                gx, gy = normalization.ramp_px
+                attrs[f"vacuum_ramp_rad_per_{unit}"] = [gx / sx, gy / sy]
+            result.attrs = attrs
+            return result.transpose(*array.dims)
+
+        def one(image):
+            return normalize_wave(image, box, remove_ramp=ramp)[0]
+
+        return self._map(one, array.name, "", per_image=True, dtype=dtype, attrs=attrs)
+
+    def thickness(self, vacuum=None) -> xr.DataArray:
+        """The relative thickness ``t/lambda = -2 ln(A / A0)`` (inelastic mean free paths).
+
+        ``A0`` is the mean amplitude in the vacuum region: ``vacuum`` (px), else the
+        region a :meth:`normalized` wave records (``A0`` then about 1), else found.
+        Lazy where the wave is (a stack: ``A0`` per image).
+        """
+        from holodask.vacuum import relative_thickness
+
+        left, top, right, bottom = self._vacuum_box(vacuum)[0]
+
+        def one(image):
+            return relative_thickness(image, np.abs(image[top:bottom, left:right]).mean())
+
+        return self._map(one, "thickness", "t/lambda", per_image=True,
+                         attrs={"units": "t/lambda", "long_name": "relative thickness t/lambda",
+                                "vacuum_box_px": [left, top, right, bottom]})
+
+    def phase_gradient(self) -> xr.Dataset:
+        """The phase gradient in rad/nm (rad/px without nm coordinates), from neighbouring
+        pixels' phase differences (no unwrapping; :func:`holodask.vacuum.phase_gradient`).
+
+        Returns
+        -------
+        xarray.Dataset
+            ``phase_gradient_x``, ``phase_gradient_y`` (d phi/dx, d phi/dy) and
+            ``phase_gradient`` (the magnitude), on the wave's coordinates; lazy where
+            the wave is.
+        """
+        from holodask.vacuum import phase_gradient
+
+        sampling, unit = self._sampling()
+        units = f"rad/{unit}"
+        parts = {}
+        for k, axis in enumerate("xy"):
+            parts[f"phase_gradient_{axis}"] = self._map(
+                lambda image, k=k: phase_gradient(image, sampling)[k], f"phase_gradient_{axis}", units,
+                per_image=True, attrs={"units": units, "long_name": f"d phase / d{axis}"})
+        magnitude = np.hypot(parts["phase_gradient_x"], parts["phase_gradient_y"]).astype(np.float32)
+        magnitude.attrs = {"units": units, "long_name": "phase gradient magnitude"}
+        return xr.Dataset({**parts, "phase_gradient": magnitude.rename("phase_gradient")})
+
+    def contours(self, n: float = 1) -> xr.DataArray:
+        """Cosine contours ``cos(n phi)``: the phase amplified ``n`` times (an integer ``n``
+        from the wrapped phase, lazily elementwise; another from the unwrapped one)."""
+        from holodask.vacuum import phase_contours
+
+        n = float(n)
+        attrs = {"units": "", "long_name": f"cos({n:g} phase)", "amplification": n}
+        if n.is_integer():
+            return self._map(lambda values: phase_contours(values, n), "contours", "", attrs=attrs)
+        return self._map(lambda image: phase_contours(image, n), "contours", "", per_image=True, attrs=attrs)
 
     @property
     def phase(self) -> xr.DataArray:
@@ -238,11 +396,66 @@ class HoloDatasetAccessor:
     def __init__(self, dataset: xr.Dataset):
         self._dataset = dataset
 
-    def _wave(self) -> xr.DataArray:
+    def _wave_name(self) -> str:
         for name in ("data", "empty"):
             if name in self._dataset:
-                return self._dataset[name]
+                return name
         raise KeyError("the Dataset holds no 'data' or 'empty' wave")
+
+    def _wave(self) -> xr.DataArray:
+        """The averaged wave (``data``, else ``empty``); with ``vacuum_box_px`` where the
+        result was normalised to vacuum (its attribute ``vacuum_box(px)``)."""
+        from holodask.vacuum import BOX_ATTR
+
+        name = self._wave_name()
+        wave = self._dataset[name]
+        box = self._dataset.attrs.get(BOX_ATTR)
+        if name == "data" and box is not None:
+            wave = wave.copy(deep=False)
+            wave.attrs = {**wave.attrs, "vacuum_box_px": [int(v) for v in np.ravel(box)]}
+        return wave
+
+    def find_vacuum(self, **options) -> tuple[int, int, int, int]:
+        """The vacuum region of the averaged wave (px); see :meth:`HoloDataArrayAccessor.find_vacuum`."""
+        return self._wave().holo.find_vacuum(**options)
+
+    def normalized(self, vacuum=None, *, ramp: bool = False) -> xr.Dataset:
+        """The result normalised to vacuum, as the parameter ``normalize_vacuum`` (and
+        ``remove_ramp``) does in a run: ``data`` as :meth:`HoloDataArrayAccessor.normalized`
+        says, ``variance`` divided by ``|vacuum_factor|^2``; ``attrs`` (and ``hdf5_attrs``)
+        get ``vacuum_box(px)``, ``vacuum_factor``, ``vacuum_region`` and, with ``ramp``,
+        ``vacuum_ramp(rad/nm)``. ``vacuum``: (left, top, right, bottom) px, default found
+        (or the region an already normalised result records). The per-hologram fit and
+        ``empty`` stay as they are."""
+        from holodask.vacuum import normalize_wave, result_attributes
+
+        dataset = self._dataset
+        name = self._wave_name()
+        wave = self._wave().transpose(..., "y", "x") if name == "data" else dataset[name]
+        box, found = wave.holo._vacuum_box(vacuum)
+        values, normalization = normalize_wave(np.asarray(wave.values), box, remove_ramp=ramp)
+        attrs = result_attributes(normalization, wave.holo._sampling()[0], found)
+        result = dataset.copy()
+        result[name] = dataset[name].copy(data=values.astype(dataset[name].dtype, copy=False))
+        if name == "data" and "variance" in dataset:
+            variance = dataset["variance"]
+            result["variance"] = (variance / abs(normalization.factor) ** 2).astype(variance.dtype)
+        result.attrs = {**dataset.attrs, **attrs}
+        if isinstance(dataset.attrs.get("hdf5_attrs"), dict):
+            result.attrs["hdf5_attrs"] = {**dataset.attrs["hdf5_attrs"], **attrs}
+        return result
+
+    def thickness(self, vacuum=None) -> xr.DataArray:
+        """``t/lambda`` of the averaged wave; see :meth:`HoloDataArrayAccessor.thickness`."""
+        return self._wave().holo.thickness(vacuum)
+
+    def phase_gradient(self) -> xr.Dataset:
+        """The phase gradient (rad/nm); see :meth:`HoloDataArrayAccessor.phase_gradient`."""
+        return self._wave().holo.phase_gradient()
+
+    def contours(self, n: float = 1) -> xr.DataArray:
+        """``cos(n phase)``; see :meth:`HoloDataArrayAccessor.contours`."""
+        return self._wave().holo.contours(n)
 
     @property
     def phase(self) -> xr.DataArray:

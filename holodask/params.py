@@ -149,6 +149,8 @@ class HoloParams:
     reject_outliers: float | None = None  # robust sigmas of fringe contrast / residual that reject a hologram
     sideband_found: tuple | None = None  # ((x, y), confidence) where a stage found sideband_pos, not given
     fresnel_filter: FresnelFilter | None = None
+    normalize_vacuum: bool | tuple[int, int, int, int] = False  # True: found; a box: given (px of the wave)
+    remove_ramp: bool = False  # with normalize_vacuum: the vacuum's phase ramp taken out too
     # provenance
     basepath: Path = Path(".")  # folder relative paths were taken from
     folder: Path = Path(".")  # the folder given to the parser (``path`` is relative to it)
@@ -226,6 +228,8 @@ KNOWN_PARAMETERS: tuple[str, ...] = (
     "tolerance",
     "fresnel_filter",
     "reject_outliers",
+    "normalize_vacuum",
+    "remove_ramp",
 )
 
 _FILTER_KINDS = ("EDGE", "GAUSSIAN", "BUTTERWORTH")
@@ -643,6 +647,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "fresnel_filter.width": (1e3, " 1/nm"),
     "fresnel_filter.gap": (1e3, " 1/nm"),
     "fresnel_filter.angle": (1e4, " degrees"),
+    "normalize_vacuum": (limits.MAX_WAVE_SIDE, " px"),
     "filter_func": (1e3, ""),
     "mtf": (1e6, ""),
     "sideband_pos": (limits.MAX_IMAGE_SIDE, " px"),
@@ -792,6 +797,37 @@ def _check_fresnel(name: str, value: Any) -> FresnelFilter | None:
     gap = value.get("gap")
     gap = None if gap is None else _check_float(f"{name}.gap", gap, positive=True)
     return FresnelFilter(width_per_nm=width, angle_deg=angle, gap_per_nm=gap)
+
+
+def _check_vacuum(name: str, value: Any) -> bool | tuple[int, int, int, int]:
+    """``normalize_vacuum``: false (off), true (the vacuum found) or a box in px of the wave."""
+    what = ("true (the vacuum region found), false, or a box [left, top, right, bottom] in px of the "
+            "averaged wave (at least 2x2)")
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if not isinstance(value, (list, tuple)):
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    if len(value) != 4:
+        raise ParameterError(f"parameter '{name}' must be {what}, got {len(value)} values")
+    left, top, right, bottom = (_check_int(name, item, what=what) for item in value)
+    if not (0 <= left and 0 <= top and right - left >= 2 and bottom - top >= 2):
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+    return left, top, right, bottom
+
+
+def _vacuum_options(given: "_Given", object_size: int | None) -> dict[str, Any]:
+    """``normalize_vacuum`` and ``remove_ramp``, checked together (and a box against
+    ``object_size``, the averaged wave's size, when known)."""
+    vacuum = given.take("normalize_vacuum", _check_vacuum, False)
+    ramp = given.take("remove_ramp", _check_bool, False)
+    if ramp and vacuum is False:
+        raise ParameterError("parameter 'remove_ramp' needs 'normalize_vacuum' (true or a box): the ramp is "
+                             "fitted in the vacuum region")
+    if isinstance(vacuum, tuple) and object_size is not None and max(vacuum[2], vacuum[3]) > object_size:
+        raise ParameterError(f"parameter 'normalize_vacuum': the box {list(vacuum)} is not inside the "
+                             f"{object_size}x{object_size} px averaged wave (object_size); expected "
+                             "0 <= left < right <= object_size, 0 <= top < bottom <= object_size")
+    return {"normalize_vacuum": vacuum, "remove_ramp": ramp}
 
 
 def _check_mtf(name: str, value: Any) -> tuple[MtfTerm, ...]:
@@ -1231,6 +1267,7 @@ def _outputs(given: _Given, values: dict[str, Any], base: Path, parameter_file: 
     found["tolerance"] = given.take("tolerance", _check_float, positive=True)
     found["reject_outliers"] = given.take("reject_outliers", _check_float, positive=True)
     found["fresnel_filter"] = given.take("fresnel_filter", _check_fresnel)
+    found.update(_vacuum_options(given, values.get("object_size")))
     inputs = input_paths(values)
     for key in ("output_name", "output_qpimage"):
         _check_not_input(key, found[key], inputs, parameter_file)

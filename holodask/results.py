@@ -389,7 +389,8 @@ def describe_result(path, prefix: str = "") -> str:
     if calibration:
         lines.append("  " + ", ".join(calibration))
     for key in ("carrier(nm-1)", CUT_OFF_ATTR, "reconstructionMaskType", "roi", "align_roi",
-                "binning", "holoaverage_version", "holodask_version"):
+                "binning", "vacuum_region", "vacuum_box(px)", "vacuum_factor", "vacuum_ramp(rad/nm)",
+                "holoaverage_version", "holodask_version"):
         if key in a:
             lines.append(f"  {key}: {_format_value(a[key])}")
     if a.get("parameters"):

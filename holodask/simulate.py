@@ -41,6 +41,8 @@ __all__ = [
     "electron_wavelength_nm",
     "make_object_wave",
     "make_illumination",
+    "specimen_mask",
+    "vacuum_edge_px",
     "propagate_and_shift",
     "hologram_intensity",
     "detector_mtf",
@@ -110,6 +112,7 @@ def make_object_wave(
     phase_range_rad: float = 1.6,
     texture_contrast: float = 0.0,
     texture_rng: np.random.Generator | None = None,
+    vacuum_fraction: float = 0.0,
 ) -> np.ndarray:
     """A smooth, band-limited complex object wave relative to vacuum.
 
@@ -125,6 +128,13 @@ def make_object_wave(
     the centre band contrast at every spatial frequency up to the band limit,
     which the raw alignment's phase correlation needs on noisy holograms.
 
+    ``vacuum_fraction`` > 0 leaves the columns ``x < vacuum_fraction * size_px``
+    as vacuum, like the edge of a specimen: the particles are spread over the
+    other columns, and the specimen (particles and texture) ends at both sides
+    of the vacuum band with a raised-cosine edge of :func:`vacuum_edge_px`
+    (the field is periodic). Inside the band, away from the edges, the wave is 1
+    (to the ringing of the band limit). 0 (default): no band, as before.
+
     Returns a complex128 array ``(size_px, size_px)``.
     """
     shape = (size_px, size_px)
@@ -134,8 +144,12 @@ def make_object_wave(
     profile_sum = np.zeros(shape)
     phase = np.zeros(shape)
     absorption = np.zeros(shape)
+    edge_px = vacuum_edge_px(band_limit_px, size_px)
     for i in range(n_particles):
         cx, cy = rng.uniform(0.32, 0.68, size=2) * size_px
+        if vacuum_fraction > 0:  # the particles' x moved into the specimen's columns
+            start, stop = vacuum_fraction * size_px + edge_px, size_px - edge_px
+            cx = start + (cx / size_px - 0.32) / 0.36 * max(stop - start, 0.0)
         sigma_px = sigma_min_px * rng.uniform(1.0, 1.6)
         profile = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2.0 * sigma_px**2))
         sign = 1.0 if i % 3 != 2 else -0.5
@@ -151,9 +165,29 @@ def make_object_wave(
         for target in (absorption, phase):
             field = np.fft.ifft2(np.fft.fft2(rng_texture.normal(size=shape)) * lowpass).real
             target += texture_contrast * field / max(field.std(), 1e-12)
+    if vacuum_fraction > 0:
+        specimen = specimen_mask(size_px, vacuum_fraction, edge_px)
+        absorption, phase = absorption * specimen, phase * specimen
     wave = np.exp(-absorption + 1j * phase)
     spectrum = np.fft.fft2(wave) * _smooth_lowpass(shape, band_limit_px)
     return np.fft.ifft2(spectrum)
+
+
+def vacuum_edge_px(band_limit_px: float, size_px: int) -> float:
+    """Width (px) of the specimen's edge next to the vacuum band of :func:`make_object_wave`:
+    two periods of the band limit, at least 4 px."""
+    return max(4.0, 2.0 * size_px / max(band_limit_px, 1e-9))
+
+
+def specimen_mask(size_px: int, vacuum_fraction: float, edge_px: float) -> np.ndarray:
+    """(1, size_px) row: 0 in the vacuum band ``x < vacuum_fraction * size_px``, 1 in the
+    specimen, raised-cosine edges of ``edge_px`` inside the specimen at both ends."""
+    x = np.arange(size_px, dtype=float)
+    band = vacuum_fraction * size_px
+    rise = np.clip((x - band) / edge_px, 0.0, 1.0)
+    fall = np.clip((size_px - x) / edge_px, 0.0, 1.0)
+    ramp = np.minimum(rise, fall)
+    return (0.5 - 0.5 * np.cos(np.pi * ramp))[np.newaxis, :]
 
 
 def make_illumination(
@@ -473,6 +507,7 @@ def simulate_series(
     file_format: str = "hdf5",
     roi_margin_px: int | None = None,
     texture_contrast: float = 0.0,
+    vacuum_fraction: float = 0.0,
 ) -> SimulatedSeries:
     """Write a simulated object series and empty series with known truth.
 
@@ -540,6 +575,12 @@ def simulate_series(
         rad) added to the object; 0 (default) for the bare particles. Real
         specimens have such contrast; it lets raw alignment work on noisy
         holograms.
+    vacuum_fraction
+        Fraction of the field's width (the columns from x = 0) left as
+        vacuum, the specimen ending at a smooth edge (see
+        :func:`make_object_wave`); 0 (default): the bare particles lie in
+        the middle and only the margins are vacuum (or, with a texture,
+        nothing is).
 
     Returns
     -------
@@ -558,6 +599,9 @@ def simulate_series(
             "n_cosmic_rays": n_cosmic_rays, "n_empty": n_empty,
         },
     )
+    if not (np.isfinite(vacuum_fraction) and 0.0 <= vacuum_fraction <= 0.6):
+        raise ParameterError(f"vacuum_fraction: expected a fraction of the width from 0 to 0.6, "
+                             f"got {vacuum_fraction!r}")
     carrier0_px = _frame0_carrier_px(carrier_px, size_px)
     if mtf is not None:
         detector_mtf((4, 4), mtf)  # validates the terms
@@ -570,7 +614,8 @@ def simulate_series(
     band_limit_px = 0.5 * cut_off_px
 
     object_wave = make_object_wave(size_px, band_limit_px, streams["object"],
-                                   texture_contrast=texture_contrast, texture_rng=streams["texture"])
+                                   texture_contrast=texture_contrast, texture_rng=streams["texture"],
+                                   vacuum_fraction=vacuum_fraction)
     gain, reference_phase_rad = make_illumination(shape, streams["illumination"])
     conditions = _frame_conditions(
         streams, n_frames, n_empty, carrier0_px, fringe_contrast=fringe_contrast, contrast_jitter=contrast_jitter,
@@ -605,6 +650,7 @@ def simulate_series(
         voltage_kV=voltage_kV, cut_off_per_nm=cut_off_per_nm,
         object_band_limit_per_nm=band_limit_px / (size_px * sampling_nm), dose_e_per_px=dose_e_per_px, seed=seed,
     )
+    truth["vacuum_fraction"] = np.float64(vacuum_fraction)
     truth_path = outdir / "truth.npz"
     np.savez_compressed(truth_path, **truth)
     return SimulatedSeries._from_truth(outdir, params_path, truth_path, params, truth)

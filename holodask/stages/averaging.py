@@ -25,6 +25,7 @@ from holodask.params import HoloParams, stage_parameters
 from holodask.series import FrameSeries, lazy_coordinate
 from holodask.stages.reconstruction import EmptyWave, stack_of
 from holodask.stages.rounds import AverageResult, HeldFrames, StoredFrame, average_series, hold_frames
+from holodask.vacuum import normalize_averaged
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -381,7 +382,7 @@ def average_stack(series: FrameSeries, params: HoloParams, *, client=None, check
     if rejected:
         result.hdf5_attrs["rejected_frames"] = np.array(list(rejected), dtype=np.int64)
         result.attrs["rejected_frames"] = dict(rejected)
-    return result
+    return normalize_averaged(result, params)
 
 
 def _robust_spread(values: np.ndarray) -> tuple[float, float]:
