@@ -32,10 +32,29 @@ _PER_FRAME = {
     "error": ("error", False),
     "raw_shift": ("raw_shift_px", True),
     "outliers": ("outliers", False),
+    "weight": ("weight", False),
+}
+
+#: per-window attributes of a windowed result -> (variable name, has an (X, Y) axis)
+_PER_WINDOW = {
+    "window_factor": ("window_factor", False),
+    "window_shift(nm)": ("window_shift_nm", True),
+    "window_tilt(1/nm)": ("window_tilt_per_nm", True),
+    "window_defocus(nm)": ("window_defocus_nm", False),
+    "window_error": ("window_error", False),
+}
+#: attributes of a windowed result that become coordinates along ``window`` (name, attrs)
+_WINDOW_COORDS = {
+    "window_first_frame": "first_frame",
+    "window_last_frame": "last_frame",
+    "window_time": "time",
+    "window_time_s": "time_s",
 }
 
 #: attributes not copied into ``Dataset.attrs`` (they become variables or coords)
-_NOT_ATTRS = set(_PER_FRAME) | {"convergence", "frame_index", "dim_scale", "dim_offset",
+_NOT_ATTRS = set(_PER_FRAME) | set(_PER_WINDOW) | set(_WINDOW_COORDS) | {
+                                "window_convergence", "window_log", "window_log_columns", "window_time_unit",
+                                "convergence", "frame_index", "dim_scale", "dim_offset",
                                 "dim_unit", "holoaverage_param", "CLASS", "DISPLAY_ORIGIN",
                                 "IMAGE_MINMAXRANGE", "IMAGE_SUBCLASS", "IMAGE_WHITE_IS_ZERO",
                                 "_dtype", "_indexShape", "_shape"}
@@ -192,6 +211,14 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
         ``error``, ``outliers`` (pixels replaced by the outlier repair;
         ``empty_outliers`` along ``empty_frame`` for the empty series); ``convergence`` along ``iteration``; ``series`` (lazy,
         Dask-backed, dims ``frame``/``y``/``x``) when the file holds one.
+        A windowed result (``holodask run --window``): ``data`` and ``variance``
+        along ``(window, y, x)`` with the coordinates ``window``, ``time`` (its
+        unit in ``time.attrs["units"]``: ``s`` since the first hologram, or
+        ``frame``), ``time_s`` (seconds since 1970 UTC, where the holograms carry
+        acquisition times), ``first_frame``, ``last_frame`` and one per column
+        of the joined log; the registration of each window (``window_factor``,
+        ``window_shift_nm``, ``window_tilt_per_nm``, ``window_defocus_nm``,
+        ``window_error``) and ``convergence`` along ``(window, iteration)``.
         ``attrs`` hold ``parameters`` (the parsed parameter JSON),
         ``sampling_nm``, ``source``, ``prefix`` and the other attributes of
         the datasets (e.g. ``voltage(kV)``, ``carrier(nm-1)``).
@@ -215,6 +242,7 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
             conv = np.asarray(main_attrs["convergence"], dtype=np.float64).ravel()
             variables["convergence"] = xr.DataArray(conv, dims=("iteration",),
                                                     coords={"iteration": np.arange(conv.size)})
+        window_coords = _window_variables(variables, main_attrs) if _is_windowed(main_attrs) else {}
         series = _series_variable(path, f, f"{prefix}series", y, x) if has_series else None
         if series is not None:
             variables["series"] = series
@@ -223,7 +251,7 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
         if param_text is None:
             param_text = next((f[f"{prefix}{name}"].attrs["holoaverage_param"] for name in present
                                if "holoaverage_param" in f[f"{prefix}{name}"].attrs), None)
-    result = xr.Dataset(variables, coords=_frame_coords(variables, main_attrs, n_frames))
+    result = xr.Dataset(variables, coords={**_frame_coords(variables, main_attrs, n_frames), **window_coords})
     result.attrs.update(_result_attrs(attrs, param_text, sampling, path, prefix))
     return result
 
@@ -249,16 +277,18 @@ def _images(f: h5py.File, path: Path, prefix: str, present: list[str]):
         y, x, sampling = _axis_coords(main_attrs, f[f"{prefix}{main}"].shape)
     for name in present:
         dataset = f[f"{prefix}{name}"]
-        if dataset.ndim != 2:
+        windowed = dataset.ndim == 3 and name != "empty" and _is_windowed(dataset.attrs)
+        if dataset.ndim != 2 and not windowed:
             raise DataError(f"result file {path}: {dataset.name} has shape {dataset.shape}, "
                             "expected a 2-D image")
         values = dataset[()].astype(np.float32) if name == "variance" else read_complex(dataset)
         ds_y, ds_x, _ = _axis_coords(dataset.attrs, dataset.shape)
+        lead = ("window",) if windowed else ()
         if ds_y.shape == y.shape and ds_x.shape == x.shape and np.allclose(ds_y, y) and np.allclose(ds_x, x):
-            variables[name] = xr.DataArray(values, dims=("y", "x"), coords={"y": y, "x": x})
+            variables[name] = xr.DataArray(values, dims=(*lead, "y", "x"), coords={"y": y, "x": x})
         else:
             dims = (f"{name}_y", f"{name}_x")
-            variables[name] = xr.DataArray(values, dims=dims, coords={dims[0]: ds_y, dims[1]: ds_x})
+            variables[name] = xr.DataArray(values, dims=(*lead, *dims), coords={dims[0]: ds_y, dims[1]: ds_x})
         for key, value in dataset.attrs.items():
             if key not in _NOT_ATTRS and key not in attrs:
                 attrs[key] = _python_value(value)
@@ -284,6 +314,42 @@ def _per_frame_variables(variables: dict, main_attrs: dict) -> int | None:
             variables[var] = xr.DataArray(value.ravel(), dims=("frame",))
         n_frames = variables[var].shape[0]
     return n_frames
+
+
+def _is_windowed(attrs) -> bool:
+    """Whether a result's ``data`` attributes are those of window averages (``--window``)."""
+    return "window_first_frame" in attrs
+
+
+def _window_variables(variables: dict, main_attrs: dict) -> dict:
+    """The per-window attributes of a windowed result as variables (into ``variables``) and
+    coordinates along ``window`` (returned)."""
+    first = np.asarray(main_attrs["window_first_frame"], dtype=np.int64).ravel()
+    n_windows = first.size
+    coords: dict[str, Any] = {"window": np.arange(n_windows)}
+    unit = _python_value(main_attrs.get("window_time_unit", "frame"))
+    for key, name in _WINDOW_COORDS.items():
+        if key in main_attrs:
+            values = np.asarray(main_attrs[key]).ravel()
+            attrs = {"units": unit} if name == "time" else {"units": "s"} if name == "time_s" else {}
+            coords[name] = xr.DataArray(values, dims=("window",), attrs=attrs)
+    for key, (name, has_xy) in _PER_WINDOW.items():
+        if key in main_attrs:
+            value = np.asarray(main_attrs[key])
+            variables[name] = xr.DataArray(value.reshape(-1, 2) if has_xy else value.ravel(),
+                                           dims=("window", "xy") if has_xy else ("window",))
+    if "window_convergence" in main_attrs:
+        conv = np.asarray(main_attrs["window_convergence"], dtype=np.float64).reshape(n_windows, -1)
+        variables["convergence"] = xr.DataArray(conv, dims=("window", "iteration"),
+                                                coords={"iteration": np.arange(conv.shape[1])})
+    if "window_log_columns" in main_attrs and "window_log" in main_attrs:
+        names = _python_value(main_attrs["window_log_columns"])
+        names = [names] if isinstance(names, str) else list(names)
+        table = np.asarray(main_attrs["window_log"], dtype=np.float64).reshape(n_windows, len(names))
+        source = _python_value(main_attrs.get("window_log_file", ""))
+        for k, name in enumerate(names):
+            coords[name] = xr.DataArray(table[:, k], dims=("window",), attrs={"source": source})
+    return coords
 
 
 def _frame_coords(variables: dict, main_attrs: dict, n_frames: int | None) -> dict:

@@ -214,7 +214,7 @@ def _waves_of(waves) -> FrameSeries:
     return series
 
 
-def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
+def average(waves, params=None, *, client=None, step=None, **options) -> "xr.Dataset":
     """Align and average a reconstructed stack: the second stage of ``holodask run``.
 
     Every wave is fitted to the current average (global complex factor and
@@ -233,10 +233,18 @@ def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
     client : distributed.Client, optional
         Default: the client of an enclosing
         :func:`holodask.cluster.compute_context`, else local threads.
+    step : int, optional
+        With ``window``: the holograms from one window's start to the next
+        (the parameter ``window_step``; default the window: side by side).
     **options
         Parameters by their parameter-file names: ``adjust_shift``,
         ``adjust_tilt``, ``adjust_defocus``, ``voltage``, ``tolerance`` (end the
-        rounds once the residual changes by less than this, relative), ...
+        rounds once the residual changes by less than this, relative),
+        ``window`` (averages of windows of that many holograms, registered to
+        the first window, on a time axis: :mod:`holodask.stages.windows`),
+        ``window_log`` (a CSV log joined onto the windows), ``weights`` (one
+        weight per hologram, a file of them, or the name of a per-frame
+        coordinate: a weighted average), ...
 
     Returns
     -------
@@ -248,9 +256,22 @@ def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
         ``convergence`` along ``iteration``: the names of
         :func:`holodask.open_result`. ``attrs``: the calibration, the
         ``parameters`` and ``hdf5_attrs`` (those of the output's ``data``).
+        With ``window``: ``data`` and ``variance`` along ``(window, y, x)``, the
+        window coordinates ``time`` (and ``time_s``), ``first_frame``,
+        ``last_frame`` and the log's columns, the registration of each window
+        (``window_factor``, ``window_shift_nm``, ...) and ``convergence`` along
+        ``(window, iteration)``.
     """
+    if step is not None:
+        options["window_step"] = step
+    if hasattr(options.get("weights"), "dims"):  # a DataArray along frame
+        options["weights"] = np.asarray(options["weights"].values)
     series = _waves_of(waves)
     params = stage_parameters(params if params is not None else series.attrs.get("params"), options)
+    if params.window is not None:
+        from holodask.stages.windows import average_windows_stack
+
+        return average_windows_stack(series, params, client=client).to_dataset()
     return average_stack(series, params, client=client).to_dataset()
 
 
@@ -317,7 +338,7 @@ def _with_empty(result: "xr.Dataset", empty: EmptyWave) -> "xr.Dataset":
     array = empty.compute().to_dataarray()
     if "data" not in result:
         pass
-    elif not (array.shape == result["data"].shape and np.allclose(array.y.values, result.y.values)
+    elif not (array.shape == result["data"].shape[-2:] and np.allclose(array.y.values, result.y.values)
               and np.allclose(array.x.values, result.x.values)):
         array = array.rename({"y": "empty_y", "x": "empty_x"})
     else:
@@ -347,19 +368,28 @@ def average_stack(series: FrameSeries, params: HoloParams, *, client=None, check
     sampling = _wave_sampling(series)
     series = hold_stack(series, client=client)
     held = held_frames(series)
+    weights = None
+    if params.weights is not None and len(held) > 1:
+        from holodask.stages.weights import frame_weights
+
+        weights = frame_weights(series, params)
     if len(held) > 1:
         started = time.perf_counter()
         grid = alignment_grid(series.shape[1:], sampling, voltage)
         fit = average_series(held, grid, defocus, iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
                              fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
                              defocus_start=DEFOCUS_START, variance=True, tolerance=params.tolerance,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, weights=weights)
         log.info("averaging: %d rounds in %.2f s", len(fit.convergence), time.perf_counter() - started)
         data, variance = fit.wave, fit.variance
     else:
         fit, variance = None, None
         data = propagate(held.frame(0), float(defocus[0]), voltage or 300.0, sampling)
-    return _averaged(series, params, fit, np.asarray(data, dtype=np.complex64), variance, sampling)
+    result = _averaged(series, params, fit, np.asarray(data, dtype=np.complex64), variance, sampling)
+    if weights is not None:  # the weights as given, per hologram
+        result.frame_values["weight"] = weights
+        result.hdf5_attrs["weight"] = weights
+    return result
 
 
 def _averaged(series: FrameSeries, params: HoloParams, fit, data, variance, sampling) -> Averaged:
