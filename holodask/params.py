@@ -163,6 +163,7 @@ class HoloParams:
     window: int | None = None  # holograms per window average; None: one average of the whole series
     window_step: int | None = None  # frames from one window's start to the next; None: the window
     window_log: Any = None  # a holodask.io.timelog.TimeLog joined onto the window axis
+    window_phase_roi: tuple[int, int, int, int] | None = None  # px of the averaged wave: global phase referred there
     weights: FrameWeights | None = None
     # provenance
     basepath: Path = Path(".")  # folder relative paths were taken from
@@ -243,6 +244,7 @@ KNOWN_PARAMETERS: tuple[str, ...] = (
     "window",
     "window_step",
     "window_log",
+    "window_phase_roi",
     "weights",
 )
 
@@ -659,6 +661,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "tolerance": (1.0, ""),
     "window": (limits.MAX_FRAMES, " holograms"),
     "window_step": (limits.MAX_FRAMES, " holograms"),
+    "window_phase_roi": (limits.MAX_WAVE_SIDE, " px"),
     "weights": (1e30, ""),
     "fresnel_filter.width": (1e3, " 1/nm"),
     "fresnel_filter.gap": (1e3, " 1/nm"),
@@ -898,10 +901,11 @@ def _windows(given: "_Given", base: Path) -> dict[str, Any]:
     """``window``, ``window_step``, ``window_log`` (the last two need the first) and ``weights``."""
     found: dict[str, Any] = {"window": given.take("window", _check_window)}
     found["window_step"] = given.take("window_step", _check_int, positive=True)
-    for key in ("window_step", "window_log"):
+    for key in ("window_step", "window_log", "window_phase_roi"):
         if key in given and found["window"] is None:
             raise ParameterError(f"parameter '{key}' needs 'window' (the holograms per window average)")
     found["window_log"] = given.take("window_log", _check_window_log, basepath=base)
+    found["window_phase_roi"] = given.take("window_phase_roi", _check_roi)
     found["weights"] = given.take("weights", _check_weights, basepath=base)
     return found
 

@@ -54,6 +54,7 @@ the mean frame number. An external log (``window_log``, see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time as _time
 import warnings
@@ -63,7 +64,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from holodask import fft
-from holodask.align import AlignmentGrid, aligned_spectrum, alignment_grid, fit_to_average, initial_state, model_error
+from holodask.align import (
+    AlignmentGrid,
+    aligned_spectrum,
+    alignment_grid,
+    fit_to_average,
+    initial_state,
+    model_error,
+    model_wave,
+)
 from holodask.errors import DataError, ParameterError
 from holodask.params import HoloParams
 from holodask.series import FrameSeries
@@ -160,13 +169,41 @@ def plan_windows(n_frames: int, size: int, step: int | None = None) -> Windows:
 # ------------------------------------------------------------------ registration kernels (numpy)
 
 
+def region_grid(grid: AlignmentGrid, region) -> AlignmentGrid:
+    """``grid`` with its inner region (where the fit compares waves) replaced by ``region``
+    = (left, top, right, bottom) px of the wave."""
+    left, top, right, bottom = (int(v) for v in region)
+    inner = (slice(top, bottom), slice(left, right))
+    sy, sx = grid.sampling_nm
+    y = (np.arange(grid.shape[0], dtype=np.float32) * sy)[inner[0]].reshape(-1, 1)
+    x = (np.arange(grid.shape[1], dtype=np.float32) * sx)[inner[1]].reshape(1, -1)
+    return dataclasses.replace(grid, inner=inner, y=y, x=x)
+
+
 def register_average(wave: np.ndarray, reference_spectrum: np.ndarray, grid: AlignmentGrid, *, fit_shift=True,
-                     fit_tilt=False, fit_defocus=False) -> tuple[np.ndarray, float]:
+                     fit_tilt=False, fit_defocus=False, phase_region=None) -> tuple[np.ndarray, float]:
     """The state that moves ``wave`` (an average) onto the reference whose spectrum is
     given, and the squared residual over the inner region: :func:`fit_to_average` from
-    no shift, tilt or defocus (the factor starts at its least-squares value)."""
+    no shift, tilt or defocus (the factor starts at its least-squares value).
+
+    ``phase_region`` (left, top, right, bottom) px: the complex factor (global phase
+    and amplitude) is then the least-squares one over that region alone (vacuum, or
+    a part of the specimen that does not change), the moves staying those fitted
+    over the inner region: a specimen that changes elsewhere does not shift the
+    global phase.
+    """
     state = fit_to_average(wave, reference_spectrum, initial_state(1.0, 0.0), grid, fit_shift=fit_shift,
                            fit_tilt=fit_tilt, fit_defocus=fit_defocus)
+    if phase_region is not None:
+        region = region_grid(grid, phase_region)
+        moved = state.copy()
+        moved[0:2] = (1.0, 0.0)
+        base = model_wave(reference_spectrum, moved, region).astype(np.complex128)
+        target = np.asarray(wave)[region.inner].astype(np.complex128)
+        power = float(np.vdot(base, base).real)
+        if power > 0:
+            factor = complex(np.vdot(base, target)) / power
+            state[0], state[1] = factor.real, factor.imag
     return state, model_error(wave, reference_spectrum, state, grid)
 
 
@@ -198,10 +235,10 @@ def compose_states(states: np.ndarray, registration: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ graph tasks
 
 
-def _registration_task(reference_final, final, grid, fit_shift, fit_tilt, fit_defocus):
+def _registration_task(reference_final, final, grid, fit_shift, fit_tilt, fit_defocus, phase_region=None):
     """Register a window's final average (its final state) to the reference window's."""
     return register_average(final[2], reference_final[1], grid, fit_shift=fit_shift, fit_tilt=fit_tilt,
-                            fit_defocus=fit_defocus)
+                            fit_defocus=fit_defocus, phase_region=phase_region)
 
 
 def _registered_final_state(final_state, registration, grid):
@@ -270,14 +307,14 @@ def _subset(held: HeldFrames, positions: list[int]) -> HeldFrames:
 def average_windows(held: HeldFrames, grid: AlignmentGrid, defocus_nm, windows: Windows, *,
                     iterations: int = OBJECT_ITERATIONS, fit_shift: bool = True, fit_tilt: bool = False,
                     fit_defocus: bool = False, defocus_start: int = DEFOCUS_START, tolerance: float | None = None,
-                    weights=None, variance: bool = True) -> WindowFits:
+                    weights=None, variance: bool = True, phase_region=None) -> WindowFits:
     """Average every window of the held frames and register it to the first window.
 
     All windows' rounds, the registrations and the final passes are one graph
     (computed at once: the windows' rounds run side by side); the frames are
     those of ``held``, each read where it is held, never recomputed.
     ``weights`` (one per frame, or None): every window is a weighted average of its
-    frames (normalised within the window).
+    frames (normalised within the window). ``phase_region``: see :func:`register_average`.
     """
     n_frames = len(held)
     defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
@@ -296,7 +333,7 @@ def average_windows(held: HeldFrames, grid: AlignmentGrid, defocus_nm, windows: 
     for plan in plans[1:]:
         first = plan.replicas[0]
         registration = graph.add("register", _registration_task, reference_final, plan.finals[first],
-                                 reference.grid_ref, fit_shift, fit_tilt, fit_defocus, worker=first)
+                                 reference.grid_ref, fit_shift, fit_tilt, fit_defocus, phase_region, worker=first)
         finals = plan.per_replica("registered-state", _registered_final_state, plan.finals, registration,
                                   plan.grid_ref)
         results.append(plan.final_pass(finals, variance, final_batch=_registered_final_batch,
@@ -460,6 +497,26 @@ class WindowAveraged:
         return result
 
 
+#: smallest side (px) of ``window_phase_roi``
+MIN_PHASE_REGION_PX = 4
+
+
+def _phase_region(params: HoloParams, shape) -> tuple[int, int, int, int] | None:
+    """``window_phase_roi`` checked against the waves' (ny, nx)."""
+    region = params.window_phase_roi
+    if region is None:
+        return None
+    left, top, right, bottom = region
+    ny, nx = (int(v) for v in shape)
+    if right > nx or bottom > ny:
+        raise ParameterError(f"parameter 'window_phase_roi': [{left}, {top}, {right}, {bottom}] reaches outside "
+                             f"the {nx} x {ny} px averaged wave (object_size)")
+    if right - left < MIN_PHASE_REGION_PX or bottom - top < MIN_PHASE_REGION_PX:
+        raise ParameterError(f"parameter 'window_phase_roi': [{left}, {top}, {right}, {bottom}] is smaller than "
+                             f"{MIN_PHASE_REGION_PX} x {MIN_PHASE_REGION_PX} px")
+    return region
+
+
 def _check_window_weights(weights, windows: Windows, frame_index) -> None:
     if weights is None:
         return
@@ -493,11 +550,12 @@ def average_windows_stack(series: FrameSeries, params: HoloParams, *, client=Non
     weights = frame_weights(series, params)
     _check_window_weights(weights, windows, frame_index)
     grid = alignment_grid(series.shape[1:], sampling, voltage)
+    phase_region = _phase_region(params, series.shape[1:])
     started = _time.perf_counter()
     fits = average_windows(held, grid, defocus, windows, iterations=OBJECT_ITERATIONS,
                            fit_shift=params.adjust_shift, fit_tilt=params.adjust_tilt,
                            fit_defocus=params.adjust_defocus, defocus_start=DEFOCUS_START,
-                           tolerance=params.tolerance, weights=weights)
+                           tolerance=params.tolerance, weights=weights, phase_region=phase_region)
     log.info("averaging: %d windows of %d holograms (step %d) in %.2f s", windows.count, windows.size,
              windows.step, _time.perf_counter() - started)
     data = np.stack([fit.wave for fit in fits.results]).astype(np.complex64, copy=False)
@@ -599,6 +657,8 @@ def window_attrs(result: WindowAveraged, params: HoloParams, unit: str) -> dict:
     }
     if "time_s" in coords:
         attrs["window_time_s"] = coords["time_s"][0]
+    if params.window_phase_roi is not None:
+        attrs["window_phase_roi"] = np.asarray(params.window_phase_roi, dtype=np.int64)
     if windows.left_out:
         attrs["window_left_out"] = np.asarray(result.frame_index)[windows.left_out].astype(np.int64)
     if params.window_log is not None:
