@@ -408,6 +408,40 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def _describe_windows(result: xr.Dataset) -> list[str]:
+    """The table of a windowed result's windows: frames, time, registration, log values."""
+    unit = result["time"].attrs.get("units", "frame") if "time" in result.coords else "frame"
+    log_names = [name for name, coord in result.coords.items()
+                 if coord.dims == ("window",) and name not in ("window", "time", "time_s", "first_frame",
+                                                               "last_frame")]
+    size, step = result.attrs.get("window_size"), result.attrs.get("window_step")
+    lines = [f"windows: {result.sizes['window']} of {size} holograms, step {step}, registered to window 0"
+             + (f"; left out: {_format_value(np.asarray(result.attrs['window_left_out']))}"
+                if "window_left_out" in result.attrs else "")]
+    header = (f"  {'window':>6s} {'frames':>11s} {'time(' + unit + ')':>12s} {'shift_x(nm)':>11s} "
+              f"{'shift_y(nm)':>11s} {'|factor|':>8s} {'arg(rad)':>8s} {'residual':>10s}"
+              + "".join(f" {name:>14s}" for name in log_names))
+    lines.append(header)
+    for w in range(result.sizes["window"]):
+        def value(name, j=None):
+            if name not in result:
+                return np.nan
+            v = result[name].values[w]
+            return v if j is None else v[j]
+
+        frames = (f"{int(result['first_frame'].values[w])}..{int(result['last_frame'].values[w])}"
+                  if "first_frame" in result.coords else "")
+        time = float(result["time"].values[w]) if "time" in result.coords else np.nan
+        factor = complex(value("window_factor")) if "window_factor" in result else complex(np.nan)
+        final = np.asarray(result["convergence"].values[w]) if "convergence" in result else np.array([np.nan])
+        final = final[np.isfinite(final)]
+        lines.append(f"  {w:6d} {frames:>11s} {time:12.5g} {value('window_shift_nm', 0):11.4f} "
+                     f"{value('window_shift_nm', 1):11.4f} {abs(factor):8.4f} {np.angle(factor):+8.3f} "
+                     f"{(final[-1] if final.size else np.nan):10.4e}"
+                     + "".join(f" {float(result[name].values[w]):14.6g}" for name in log_names))
+    return lines
+
+
 def describe_result(path, prefix: str = "") -> str:
     """Human-readable summary of a result file (for ``holodask info RESULT.hdf5``).
 
@@ -462,7 +496,9 @@ def describe_result(path, prefix: str = "") -> str:
             if len(text) > 100:
                 text = text[:97] + "..."
             lines.append(f"  {key}: {text}")
-    if "convergence" in result:
+    if "window" in result.dims:
+        lines.extend(_describe_windows(result))
+    elif "convergence" in result:
         conv = result["convergence"].values
         lines.append("convergence (total squared residual per iteration):")
         lines.append("  " + "  ".join(f"{v:.4e}" for v in conv))
