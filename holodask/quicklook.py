@@ -207,7 +207,7 @@ def render_windows(result: xr.Dataset, *, unwrap: bool = True):
     extent, unit = _extent_nm(result["data"].isel(window=0))
     times, time_label = _time_axis(result)
     log_names = [name for name, coord in result.coords.items()
-                 if coord.dims == ("window",) and name not in ("window", "time", "time_s", "first_frame",
+                 if coord.dims == ("window",) and name not in ("window", "time", "window_time_s", "first_frame",
                                                                "last_frame")]
     plots = ["registration", "factor"] + (["log"] if log_names else []) + (["convergence"]
                                                                            if "convergence" in result else [])

@@ -48,7 +48,7 @@ _WINDOW_COORDS = {
     "window_first_frame": "first_frame",
     "window_last_frame": "last_frame",
     "window_time": "time",
-    "window_time_s": "time_s",
+    "window_time_s": "window_time_s",
 }
 
 #: attributes not copied into ``Dataset.attrs`` (they become variables or coords)
@@ -214,7 +214,7 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
         A windowed result (``holodask run --window``): ``data`` and ``variance``
         along ``(window, y, x)`` with the coordinates ``window``, ``time`` (its
         unit in ``time.attrs["units"]``: ``s`` since the first hologram, or
-        ``frame``), ``time_s`` (seconds since 1970 UTC, where the holograms carry
+        ``frame``), ``window_time_s`` (seconds since 1970 UTC, where the holograms carry
         acquisition times), ``first_frame``, ``last_frame`` and one per column
         of the joined log; the registration of each window (``window_factor``,
         ``window_shift_nm``, ``window_tilt_per_nm``, ``window_defocus_nm``,
@@ -331,7 +331,7 @@ def _window_variables(variables: dict, main_attrs: dict) -> dict:
     for key, name in _WINDOW_COORDS.items():
         if key in main_attrs:
             values = np.asarray(main_attrs[key]).ravel()
-            attrs = {"units": unit} if name == "time" else {"units": "s"} if name == "time_s" else {}
+            attrs = {"units": unit} if name == "time" else {"units": "s"} if name == "window_time_s" else {}
             coords[name] = xr.DataArray(values, dims=("window",), attrs=attrs)
     for key, (name, has_xy) in _PER_WINDOW.items():
         if key in main_attrs:
@@ -412,7 +412,7 @@ def _describe_windows(result: xr.Dataset) -> list[str]:
     """The table of a windowed result's windows: frames, time, registration, log values."""
     unit = result["time"].attrs.get("units", "frame") if "time" in result.coords else "frame"
     log_names = [name for name, coord in result.coords.items()
-                 if coord.dims == ("window",) and name not in ("window", "time", "time_s", "first_frame",
+                 if coord.dims == ("window",) and name not in ("window", "time", "window_time_s", "first_frame",
                                                                "last_frame")]
     size, step = result.attrs.get("window_size"), result.attrs.get("window_step")
     lines = [f"windows: {result.sizes['window']} of {size} holograms, step {step}, registered to window 0"

@@ -98,8 +98,8 @@ def _windowed(result) -> bool:
 
 def _window_time(result, w: int) -> float | None:
     """A window's ``time`` for its QPImage (s): absolute where known, else since the first hologram."""
-    if "time_s" in result.coords:
-        return float(result["time_s"].values[w])
+    if "window_time_s" in result.coords:
+        return float(result["window_time_s"].values[w])
     if "time" in result.coords and result["time"].attrs.get("units") == "s":
         return float(result["time"].values[w])
     return None

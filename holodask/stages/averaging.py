@@ -257,7 +257,7 @@ def average(waves, params=None, *, client=None, step=None, **options) -> "xr.Dat
         :func:`holodask.open_result`. ``attrs``: the calibration, the
         ``parameters`` and ``hdf5_attrs`` (those of the output's ``data``).
         With ``window``: ``data`` and ``variance`` along ``(window, y, x)``, the
-        window coordinates ``time`` (and ``time_s``), ``first_frame``,
+        window coordinates ``time`` (and ``window_time_s``), ``first_frame``,
         ``last_frame`` and the log's columns, the registration of each window
         (``window_factor``, ``window_shift_nm``, ...) and ``convergence`` along
         ``(window, iteration)``.

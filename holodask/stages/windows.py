@@ -47,7 +47,8 @@ The time axis
 Where every hologram carries an acquisition time (the coordinate ``time_s``,
 seconds since 1970 UTC, from DM, Velox and TIA files, or assigned to the stack),
 a window's ``time`` is the mean time of its holograms in seconds since the
-series' first hologram and ``time_s`` the absolute one; otherwise ``time`` is
+series' first hologram and ``window_time_s`` the absolute one (the holograms'
+own ``time_s`` stay a coordinate along ``frame``); otherwise ``time`` is
 the mean frame number. An external log (``window_log``, see
 :mod:`holodask.io.timelog`) is interpolated at each window's time.
 """
@@ -110,8 +111,8 @@ __all__ = ["Windows", "plan_windows", "average_windows", "average_windows_stack"
 log = logging.getLogger("holodask")
 
 #: coordinates of the window axis a log column may not be named as
-RESERVED_WINDOW_NAMES = ("window", "time", "time_s", "first_frame", "last_frame", "frame", "y", "x", "xy",
-                         "iteration")
+RESERVED_WINDOW_NAMES = ("window", "time", "window_time_s", "time_s", "first_frame", "last_frame", "frame", "y",
+                         "x", "xy", "iteration")
 
 
 # ------------------------------------------------------------------ the windows
@@ -587,7 +588,7 @@ def average_windows_stack(series: FrameSeries, params: HoloParams, *, client=Non
     if absolute is not None:
         window_time_s = np.array([np.average(absolute[windows.positions(w)], weights=mean_of[w])
                                   for w in range(windows.count)])
-        window_coords["time_s"] = (window_time_s, {"units": "s", "long_name": "mean acquisition time, "
+        window_coords["window_time_s"] = (window_time_s, {"units": "s", "long_name": "mean acquisition time, "
                                                    "seconds since 1970-01-01 UTC"})
     window_coords["first_frame"] = (np.array([frame_index[s] for s in windows.starts], dtype=np.int64), {})
     window_coords["last_frame"] = (np.array([frame_index[s + windows.size - 1] for s in windows.starts],
@@ -655,8 +656,8 @@ def window_attrs(result: WindowAveraged, params: HoloParams, unit: str) -> dict:
         "window_error": result.registration_errors,
         "window_convergence": result.convergence,
     }
-    if "time_s" in coords:
-        attrs["window_time_s"] = coords["time_s"][0]
+    if "window_time_s" in coords:
+        attrs["window_time_s"] = coords["window_time_s"][0]
     if params.window_phase_roi is not None:
         attrs["window_phase_roi"] = np.asarray(params.window_phase_roi, dtype=np.int64)
     if windows.left_out:
