@@ -848,8 +848,9 @@ class RoundPlan:
 
 
 def round_plan(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, fit_tilt, fit_defocus,
-               defocus_start, tolerance=None, checkpoint=None, weights=None, graph=None) -> RoundPlan:
-    """The rounds of :func:`_rounds_graph` up to the final state (a :class:`RoundPlan`)."""
+               defocus_start, tolerance=None, checkpoint=None, weights=None, graph=None, batch=None) -> RoundPlan:
+    """The rounds of :func:`_rounds_graph` up to the final state (a :class:`RoundPlan`);
+    ``batch``: frames per task (None: :func:`_batch_size` of these frames)."""
     client = held.client
     n_frames = len(held)
     if n_frames == 1:
@@ -869,7 +870,7 @@ def round_plan(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, fit
     grid_ref, defocus_ref = graph.share(grid, defocus_nm)
     weights_ref = graph.share(weights)[0] if weights is not None else None
     reference = 0 if weights is None else int(np.flatnonzero(weights > 0)[0])
-    batch = _batch_size(n_frames, client)
+    batch = batch if batch is not None else _batch_size(n_frames, client)
     groups = _frame_groups(list(range(n_frames)), batch, holders, threads)
     order = [i for group in groups for i in group]
     # the round state: one update task in all, or (a few workers) one on every worker

@@ -91,6 +91,7 @@ from holodask.stages.rounds import (
     AverageResult,
     HeldFrames,
     _frame,
+    _batch_size,
     _Graph,
     _in_frame_order,
     _load,
@@ -320,13 +321,17 @@ def average_windows(held: HeldFrames, grid: AlignmentGrid, defocus_nm, windows: 
     n_frames = len(held)
     defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
     graph = _Graph(held.client)
+    # frames per task as for one series of all windows' frames (the windows' rounds run side by side):
+    # a window of few frames in one or a few tasks, not one task per frame
+    batch = min(windows.size, _batch_size(windows.size * windows.count, held.client))
     plans = []
     for w in range(windows.count):
         positions = windows.positions(w)
         plans.append(round_plan(_subset(held, positions), grid, defocus_nm[positions], iterations=iterations,
                                 fit_shift=fit_shift, fit_tilt=fit_tilt, fit_defocus=fit_defocus,
                                 defocus_start=defocus_start, tolerance=tolerance,
-                                weights=None if weights is None else np.asarray(weights)[positions], graph=graph))
+                                weights=None if weights is None else np.asarray(weights)[positions], graph=graph,
+                                batch=batch))
     reference = plans[0]
     reference_final = reference.finals[reference.replicas[0]]
     results = [reference.final_pass(reference.finals, variance)]
