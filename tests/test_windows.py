@@ -429,3 +429,15 @@ def test_the_last_partial_window_is_left_out_with_a_warning(static):
     assert result.sizes["window"] == 2
     assert np.isnan(result["shift_nm"].values[20:]).all() and np.isfinite(result["shift_nm"].values[:20]).all()
     np.testing.assert_array_equal(result.attrs["hdf5_attrs"]["window_left_out"], [20, 21, 22, 23])
+
+
+def test_the_insitu_example_configuration_is_valid():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unknown keys
+        p = holodask.load_parameters(Path(__file__).resolve().parents[1] / "configs" / "insitu_heating.json")
+    assert p.window == 20 and p.window_step == 10 and p.window_phase_roi == (8, 8, 56, 40)
+    assert p.window_log.absolute and p.window_log.names == ("temperature_C", "heater_power_mW")
+    np.testing.assert_allclose(p.window_log.at([1716370030.0]), [[87.5, 20.75]])
+    assert p.window_log.path in p.protected_paths()  # an output may not overwrite it

@@ -130,7 +130,7 @@ def _result_metadata(result) -> dict:
             meta[name] = _plain(np.asarray(result[name].values))
     for name, coord in result.coords.items():  # a windowed result's window axis: times, frames, log
         if coord.dims == ("window",) and name != "window":
-            meta[f"window_{name}"] = _plain(np.asarray(coord.values))
+            meta[name if name.startswith("window_") else f"window_{name}"] = _plain(np.asarray(coord.values))
     if "frame" in result.coords:
         meta["frame_index"] = np.asarray(result["frame"].values)
     return meta
