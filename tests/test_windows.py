@@ -121,10 +121,11 @@ def test_static_windows_agree_within_noise_without_registration_by_the_test(stat
     assert np.abs(result["window_shift_nm"].values).max() > 1.0
     unregistered = holodask.average(_waves(series, params).isel(frame=slice(WINDOW, 2 * WINDOW)))["data"].values
     assert _rms_phase(unregistered, data[0], inner) > 5 * _rms_phase(data[1], data[0], inner)
-    # the first window is the reference: the average of its holograms, untouched
+    # the first window is the reference: the average of its holograms, untouched (the same numbers up to the
+    # rounding of float32 sums, which the windows' tasks group otherwise)
     first = holodask.average(_waves(series, params).isel(frame=slice(0, WINDOW)))
-    np.testing.assert_array_equal(data[0], first["data"].values)
-    np.testing.assert_array_equal(result["variance"].values[0], first["variance"].values)
+    np.testing.assert_allclose(data[0], first["data"].values, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(result["variance"].values[0], first["variance"].values, rtol=2e-5)
     # every hologram's fit, moved into the reference, is the plain average's (within the windows' noise)
     np.testing.assert_allclose(result["shift_nm"].values, plain["shift_nm"].values, atol=0.05)
     assert np.abs(np.angle(result["factor"].values * np.conj(plain["factor"].values))).max() < 0.02

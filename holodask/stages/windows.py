@@ -29,8 +29,10 @@ Why this and not the alternatives: seeding every window's rounds from an
 average of the whole series would need one more full set of rounds over every
 hologram (the goal is a windowed run at the cost of a plain one), and the gauge
 of each window would still have to be tied to it. The first window as
-reference costs one small fit per window, leaves the first window exactly the
-average of its holograms (bit for bit that of ``average`` on them), and puts
+reference costs one small fit per window, leaves the first window the average
+of its holograms untouched (``average`` on them gives the same numbers, up to
+the rounding of float32 sums grouped in other tasks; one window of the whole
+series is the plain average bit for bit), and puts
 every window where a plain average sits: at the position of the series' first
 hologram (where the ROI is defined), its focus and its global phase; changes
 are then read against the start of the experiment. Registering against a
