@@ -34,6 +34,7 @@ from holodask.io.registry import normalise_path
 __all__ = [
     "FilterSpec",
     "FresnelFilter",
+    "FrameWeights",
     "MtfTerm",
     "SeriesSpec",
     "HoloParams",
@@ -76,6 +77,18 @@ class FresnelFilter:
     width_per_nm: float
     angle_deg: float | None = None
     gap_per_nm: float | None = None
+
+
+@dataclass(frozen=True)
+class FrameWeights:
+    """Weights of the holograms in the average (``weights``): ``values`` (one per
+    hologram, in series order: from the parameter file's list or from the file
+    ``source``) or ``coordinate``, the name of a per-frame coordinate of the
+    reconstructed stack whose values are taken (e.g. a per-hologram quality)."""
+
+    values: tuple[float, ...] | None = None
+    coordinate: str | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,11 @@ class HoloParams:
     fresnel_filter: FresnelFilter | None = None
     normalize_vacuum: bool | tuple[int, int, int, int] = False  # True: found; a box: given (px of the wave)
     remove_ramp: bool = False  # with normalize_vacuum: the vacuum's phase ramp taken out too
+    window: int | None = None  # holograms per window average; None: one average of the whole series
+    window_step: int | None = None  # frames from one window's start to the next; None: the window
+    window_log: Any = None  # a holodask.io.timelog.TimeLog joined onto the window axis
+    window_phase_roi: tuple[int, int, int, int] | None = None  # px of the averaged wave: global phase referred there
+    weights: FrameWeights | None = None
     # provenance
     basepath: Path = Path(".")  # folder relative paths were taken from
     folder: Path = Path(".")  # the folder given to the parser (``path`` is relative to it)
@@ -230,6 +248,11 @@ KNOWN_PARAMETERS: tuple[str, ...] = (
     "reject_outliers",
     "normalize_vacuum",
     "remove_ramp",
+    "window",
+    "window_step",
+    "window_log",
+    "window_phase_roi",
+    "weights",
 )
 
 _FILTER_KINDS = ("EDGE", "GAUSSIAN", "BUTTERWORTH")
@@ -644,6 +667,10 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "outlier_cutoff": (1e6, ""),
     "tolerance": (1.0, ""),
     "reject_outliers": (1e6, ""),
+    "window": (limits.MAX_FRAMES, " holograms"),
+    "window_step": (limits.MAX_FRAMES, " holograms"),
+    "window_phase_roi": (limits.MAX_WAVE_SIDE, " px"),
+    "weights": (1e30, ""),
     "fresnel_filter.width": (1e3, " 1/nm"),
     "fresnel_filter.gap": (1e3, " 1/nm"),
     "fresnel_filter.angle": (1e4, " degrees"),
@@ -828,6 +855,97 @@ def _vacuum_options(given: "_Given", object_size: int | None) -> dict[str, Any]:
                              f"{object_size}x{object_size} px averaged wave (object_size); expected "
                              "0 <= left < right <= object_size, 0 <= top < bottom <= object_size")
     return {"normalize_vacuum": vacuum, "remove_ramp": ramp}
+def _check_window(name: str, value: Any) -> int:
+    what = "an integer of at least 2 (holograms per window average)"
+    window = _check_int(name, value, what=what)
+    if window < 2:
+        hint = " (the single reconstructions: output_series)" if window == 1 else ""
+        raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}{hint}")
+    return window
+
+
+#: extensions of a ``weights`` file; any other string names a per-frame coordinate
+WEIGHTS_FILE_EXTENSIONS = (".txt", ".csv", ".dat", ".npy")
+
+
+def _weight_values(name: str, values, what: str) -> tuple[float, ...]:
+    numbers = tuple(_check_number(name, v, what) for v in values)
+    if not numbers:
+        raise ParameterError(f"parameter '{name}' must be {what}, got no values")
+    if any(v < 0 for v in numbers):
+        raise ParameterError(f"parameter '{name}' must be {what}; got the negative weight "
+                             f"{min(numbers):g}")
+    if sum(1 for v in numbers if v > 0) < 2:
+        raise ParameterError(f"parameter '{name}' must be {what}; fewer than two weights are positive")
+    return numbers
+
+
+def _read_weights_file(name: str, path: str, what: str) -> tuple[float, ...]:
+    if not os.path.isfile(path):
+        raise ParameterError(f"parameter '{name}': the weights file {path} does not exist")
+    if os.path.getsize(path) > limits.MAX_PARAMETER_BYTES:
+        raise ParameterError(f"parameter '{name}': {path} is larger than "
+                             f"{limits.MAX_PARAMETER_BYTES // 2**20} MiB; expected one weight per hologram")
+    if path.lower().endswith(".npy"):
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"parameter '{name}': {path} is not a readable .npy array ({exc})") from None
+        if values.ndim != 1 or values.dtype.kind not in "iuf":
+            raise ParameterError(f"parameter '{name}': {path} must hold a 1-D array of numbers, got "
+                                 f"{values.dtype} of shape {values.shape}")
+        return _weight_values(name, [float(v) for v in values], what)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"parameter '{name}': cannot read {path} as text ({exc})") from None
+    numbers = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0]
+        for cell in re.split(r"[,;\s]+", line.strip()):
+            if not cell:
+                continue
+            try:
+                numbers.append(float(cell))
+            except ValueError:
+                raise ParameterError(f"parameter '{name}': {path} line {number}: {cell!r} is not a number "
+                                     "(expected one weight per hologram)") from None
+    return _weight_values(name, numbers, what)
+
+
+def _check_weights(name: str, value: Any, basepath: Path) -> FrameWeights:
+    what = ("a list of weights >= 0 (one per hologram), a file of them (.txt, .csv, .dat, .npy) or the name of "
+            "a per-frame coordinate")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ParameterError(f"parameter '{name}' must be {what}, got an empty string")
+        if text.lower().endswith(WEIGHTS_FILE_EXTENSIONS) or "/" in text or os.sep in text:
+            path = str(normalise_path(text, basepath))
+            return FrameWeights(values=_read_weights_file(name, path, what), source=path)
+        return FrameWeights(coordinate=text)
+    if isinstance(value, (list, tuple)):
+        return FrameWeights(values=_weight_values(name, value, what))
+    raise ParameterError(f"parameter '{name}' must be {what}, got {_show(value)}")
+
+
+def _check_window_log(name: str, value: Any, basepath: Path):
+    from holodask.io.timelog import read_time_log
+
+    return read_time_log(_check_path(name, value, basepath), what=name)
+
+
+def _windows(given: "_Given", base: Path) -> dict[str, Any]:
+    """``window``, ``window_step``, ``window_log`` (the last two need the first) and ``weights``."""
+    found: dict[str, Any] = {"window": given.take("window", _check_window)}
+    found["window_step"] = given.take("window_step", _check_int, positive=True)
+    for key in ("window_step", "window_log", "window_phase_roi"):
+        if key in given and found["window"] is None:
+            raise ParameterError(f"parameter '{key}' needs 'window' (the holograms per window average)")
+    found["window_log"] = given.take("window_log", _check_window_log, basepath=base)
+    found["window_phase_roi"] = given.take("window_phase_roi", _check_roi)
+    found["weights"] = given.take("weights", _check_weights, basepath=base)
+    return found
 
 
 def _check_mtf(name: str, value: Any) -> tuple[MtfTerm, ...]:
@@ -1287,7 +1405,13 @@ def input_paths(params: HoloParams | Mapping[str, Any]) -> list[str]:
     if get("empty_override"):
         specs.append(get("empty_override"))
     specs.extend(get("camera_distortions") or ())
-    return list(dict.fromkeys(spec.partition("?")[0] for spec in specs))
+    paths = [spec.partition("?")[0] for spec in specs]
+    log, weights = get("window_log"), get("weights")  # files the run reads besides the images
+    if log is not None:
+        paths.append(log.path)
+    if weights is not None and weights.source:
+        paths.append(weights.source)
+    return list(dict.fromkeys(paths))
 
 
 def _check_not_input(name: str, output: str | None, inputs: list[str], parameter_file) -> None:
@@ -1360,6 +1484,7 @@ def parse_parameters(
     values.update(_sizes_and_calibration(given, partial))
     values.update(_cut_off_and_filters(given, partial))
     values.update(_inputs(given, values, base, partial))
+    values.update(_windows(given, base))
     values.update(_outputs(given, values, base, parameter_file))
     return HoloParams(**values)
 

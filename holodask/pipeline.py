@@ -113,6 +113,10 @@ def run(params, basepath=None, client=None, *, load: bool = True, resume: bool =
     objects = None
     if params.object_series is not None:
         objects = open_checked_series(params.object_series, params)
+    if params.window is not None or params.weights is not None:
+        from holodask.stages.windows import check_run_windows
+
+        check_run_windows(params, objects)
     if params.output_qpimage:
         check_run_export(params, Path(params.output_name), objects.attrs.get("voltage_kV") if objects else None)
     checkpoint = None
@@ -197,11 +201,16 @@ def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, clie
         empty = waves.attrs["empty"]
         if empty is not None and empty.write:
             out.write_dataset("empty", empty.wave, empty.attrs)
-        if shifts is not None:
+        if shifts is not None and params.output_aligned:
             _write_aligned_rois(out, objects, params, shifts, client)
         if params.output_series:
             _write_series(out, waves, params)
-    result = average_stack(waves, params, client=client, checkpoint=checkpoint)
+    if params.window is not None:  # window averages along the series (the checkpoint keeps no rounds)
+        from holodask.stages.windows import average_windows_stack
+
+        result = average_windows_stack(waves, params, client=client)
+    else:
+        result = average_stack(waves, params, client=client, checkpoint=checkpoint)
     if out is not None:
         out.write_dataset("data", result.data, result.hdf5_attrs)
         if result.variance is not None:

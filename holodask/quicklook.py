@@ -1,5 +1,10 @@
 """Quick-look pictures of a result: amplitude, phase, variance and the per-hologram fit.
 
+A windowed result (``holodask run --window``) is drawn as a strip of the
+windows' phase, the phase change against the first window, and the windows'
+registration and log along time; :func:`save_window_animation` writes the
+windows' phase as an animated GIF (matplotlib's Pillow writer).
+
 Rendered with matplotlib's Agg backend, so no display is needed.
 """
 
@@ -10,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-__all__ = ["render_result", "save_quicklook"]
+__all__ = ["render_result", "render_windows", "save_quicklook", "save_window_animation", "windowed"]
+
+#: at most this many windows are drawn in the strip (evenly chosen); the animation has all
+MAX_STRIP_WINDOWS = 8
 
 #: titles of the image panels, in the order they are drawn
 IMAGE_PANELS = ("amplitude", "phase (wrapped)", "phase (unwrapped)", "variance")
@@ -62,6 +70,8 @@ def render_result(result: xr.Dataset, *, unwrap: bool = True):
     wave_name = "data" if "data" in result else "empty" if "empty" in result else None
     if wave_name is None:
         raise ValueError("the result holds neither 'data' nor 'empty'")
+    if windowed(result):
+        return render_windows(result, unwrap=unwrap)
     wave = result[wave_name]
     values = np.asarray(wave.values)
     extent, unit = _extent_nm(wave)
@@ -141,6 +151,174 @@ def render_result(result: xr.Dataset, *, unwrap: bool = True):
     for ax in axes[k:]:
         ax.set_axis_off()
     return fig
+
+
+def windowed(result: xr.Dataset) -> bool:
+    """Whether ``result`` holds window averages (``data`` along ``window``)."""
+    return "data" in result and "window" in result["data"].dims
+
+
+def _time_axis(result: xr.Dataset) -> tuple[np.ndarray, str]:
+    """The windows' times and the axis label."""
+    if "time" in result.coords:
+        unit = result["time"].attrs.get("units", "frame")
+        return np.asarray(result["time"].values, dtype=float), (
+            "time since the first hologram (s)" if unit == "s" else "mean frame number")
+    return np.arange(result.sizes["window"], dtype=float), "window"
+
+
+def _window_title(result: xr.Dataset, w: int) -> str:
+    title = f"window {w}"
+    if "first_frame" in result.coords and "last_frame" in result.coords:
+        title += f": frames {int(result['first_frame'].values[w])}-{int(result['last_frame'].values[w])}"
+    if "time" in result.coords and result["time"].attrs.get("units") == "s":
+        title += f", t = {float(result['time'].values[w]):.4g} s"
+    return title
+
+
+def window_phases(result: xr.Dataset, unwrap: bool = True) -> np.ndarray:
+    """(W, ny, nx) phase of every window: unwrapped (each brought within pi, on average,
+    of the first window's, so that all share one scale), else wrapped."""
+    waves = np.asarray(result["data"].values)
+    phases = np.angle(waves)
+    if not unwrap:
+        return phases
+    from skimage.restoration import unwrap_phase
+
+    first = unwrap_phase(phases[0])
+    out = [first]
+    for k in range(1, len(phases)):
+        # the first window's unwrapping plus the (small) change: one scale for every window
+        change = np.angle(waves[k] * np.conj(waves[0]))
+        out.append(first + unwrap_phase(change))
+    return np.array(out)
+
+
+def _inner(values: np.ndarray) -> np.ndarray:
+    """The inner region (1/6 margin, the alignment fit's) of (..., ny, nx) images: colour
+    scales come from there, not from a registered window's border, which holds what its
+    shift wrapped around."""
+    ny, nx = values.shape[-2:]
+    my, mx = ny // 6, nx // 6
+    return values[..., my:ny - my, mx:nx - mx]
+
+
+def _strip_windows(n_windows: int) -> list[int]:
+    if n_windows <= MAX_STRIP_WINDOWS:
+        return list(range(n_windows))
+    return sorted({int(round(v)) for v in np.linspace(0, n_windows - 1, MAX_STRIP_WINDOWS)})
+
+
+def render_windows(result: xr.Dataset, *, unwrap: bool = True):
+    """Draw a windowed result: the windows' phase in a strip (one colour scale; at most
+    :data:`MAX_STRIP_WINDOWS`, evenly chosen), below it the phase change against the
+    first window, then along time the windows' registration (shift, global phase and
+    amplitude), the joined log's columns and each window's final residual."""
+    shown = _strip_windows(result.sizes["window"])
+    phases = window_phases(result, unwrap)
+    waves = np.asarray(result["data"].values)
+    extent, unit = _extent_nm(result["data"].isel(window=0))
+    times, time_label = _time_axis(result)
+    log_names = [name for name, coord in result.coords.items()
+                 if coord.dims == ("window",) and name not in ("window", "time", "window_time_s", "first_frame",
+                                                               "last_frame")]
+    plots = ["registration", "factor"] + (["log"] if log_names else []) + (["convergence"]
+                                                                           if "convergence" in result else [])
+    n_cols = max(len(shown), len(plots))
+    fig = _figure(3, n_cols)
+    axes = fig.subplots(3, n_cols, squeeze=False)
+    low, high = np.percentile(_inner(phases[shown]), [0.5, 99.5])
+    changes = np.angle(waves * np.conj(waves[0]))
+    limit = float(np.percentile(np.abs(_inner(changes[shown[1:]])), 99.5)) if len(shown) > 1 else np.pi
+    limit = limit if limit > 0 else np.pi
+    for column, w in enumerate(shown):
+        _image(fig, axes[0, column], phases[w], _window_title(result, w), extent, unit, "viridis", low, high,
+               "phase (rad)")
+        _image(fig, axes[1, column], changes[w], f"window {w} - window 0" if w else "window 0 (the reference)",
+               extent, unit, "RdBu_r", -limit, limit, "phase change (rad)")
+    for column in range(len(shown), n_cols):
+        axes[0, column].set_axis_off()
+        axes[1, column].set_axis_off()
+    more = result.sizes["window"] - len(shown)
+    fig.suptitle(f"{result.sizes['window']} windows" + (f" ({len(shown)} shown; holodask show --gif for all)"
+                                                        if more else ""))
+    for column, kind in enumerate(plots):
+        ax = axes[2, column]
+        if kind == "registration" and "window_shift_nm" in result:
+            shift = np.asarray(result["window_shift_nm"].values)
+            ax.plot(times, shift[:, 0], "o-", label="x")
+            ax.plot(times, shift[:, 1], "s-", label="y")
+            ax.set_ylabel("shift onto window 0 (nm)")
+            ax.legend()
+            ax.set_title("registration")
+        elif kind == "factor" and "window_factor" in result:
+            factor = np.asarray(result["window_factor"].values)
+            ax.plot(times, np.angle(factor), "o-")
+            ax.set_ylabel("global phase (rad)")
+            ax2 = ax.twinx()
+            ax2.plot(times, np.abs(factor), "r.--")
+            ax2.set_ylabel("amplitude factor", color="r")
+            ax.set_title("global factor onto window 0")
+        elif kind == "log":
+            for name in log_names:
+                ax.plot(times, np.asarray(result[name].values, dtype=float), "o-", label=name)
+            ax.legend()
+            ax.set_title("log")
+        elif kind == "convergence":
+            conv = np.asarray(result["convergence"].values, dtype=float)
+            last = np.array([row[np.isfinite(row)][-1] if np.any(np.isfinite(row)) else np.nan for row in conv])
+            ax.plot(times, last, "o-")
+            ax.set_ylabel("total squared residual")
+            ax.set_title("final residual of each window")
+        ax.set_xlabel(time_label)
+    for column in range(len(plots), n_cols):
+        axes[2, column].set_axis_off()
+    return fig
+
+
+class _GifWriter:
+    """matplotlib's Pillow writer, saving to any name (a temporary file's) as GIF."""
+
+    def __new__(cls, fps: float):
+        from matplotlib.animation import PillowWriter
+
+        class GifWriter(PillowWriter):
+            def finish(self):
+                with open(self.outfile, "wb") as file:
+                    self._frames[0].save(file, format="GIF", save_all=True, append_images=self._frames[1:],
+                                         duration=int(1000 / self.fps), loop=0)
+
+        return GifWriter(fps=fps)
+
+
+def save_window_animation(result: xr.Dataset, gif_path: str | Path, *, fps: float = 4.0, unwrap: bool = True,
+                          dpi: int = 80, protected=()) -> Path:
+    """The windows' phase (one colour scale) as an animated GIF, one frame per window,
+    titled with its frames and time; written like :func:`save_quicklook`."""
+    from holodask.io.safe_write import AtomicOutput
+
+    try:
+        import PIL  # noqa: F401  (matplotlib's Pillow writer)
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        raise ValueError("--gif: needs Pillow (pip install pillow)") from None
+    if not windowed(result):
+        raise ValueError("--gif: the result holds no window averages (holodask run --window)")
+    gif_path = Path(gif_path)
+    phases = window_phases(result, unwrap)
+    low, high = np.percentile(_inner(phases), [0.5, 99.5])
+    extent, unit = _extent_nm(result["data"].isel(window=0))
+    protected = [*protected, result.attrs.get("source")]
+    with AtomicOutput(gif_path, what="--gif", kind="gif", protected=protected) as out:
+        fig = _figure(1, 1)
+        ax = fig.subplots()
+        image = _image(fig, ax, phases[0], _window_title(result, 0), extent, unit, "viridis", low, high, "phase (rad)")
+        writer = _GifWriter(fps)
+        with writer.saving(fig, out.open_name(), dpi):
+            for w in range(len(phases)):
+                image.set_data(phases[w])
+                ax.set_title(_window_title(result, w))
+                writer.grab_frame()
+    return gif_path
 
 
 def save_quicklook(result: xr.Dataset, png_path: str | Path, *, unwrap: bool = True, dpi: int = 80,

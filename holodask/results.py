@@ -35,10 +35,29 @@ _PER_FRAME = {
     "fringe_contrast": ("fringe_contrast", False),
     "sideband_shift(px)": ("sideband_shift_px", True),
     "phase_noise(rad)": ("phase_noise_rad", False),
+    "weight": ("weight", False),
+}
+
+#: per-window attributes of a windowed result -> (variable name, has an (X, Y) axis)
+_PER_WINDOW = {
+    "window_factor": ("window_factor", False),
+    "window_shift(nm)": ("window_shift_nm", True),
+    "window_tilt(1/nm)": ("window_tilt_per_nm", True),
+    "window_defocus(nm)": ("window_defocus_nm", False),
+    "window_error": ("window_error", False),
+}
+#: attributes of a windowed result that become coordinates along ``window`` (name, attrs)
+_WINDOW_COORDS = {
+    "window_first_frame": "first_frame",
+    "window_last_frame": "last_frame",
+    "window_time": "time",
+    "window_time_s": "window_time_s",
 }
 
 #: attributes not copied into ``Dataset.attrs`` (they become variables or coords)
-_NOT_ATTRS = set(_PER_FRAME) | {"convergence", "frame_index", "dim_scale", "dim_offset",
+_NOT_ATTRS = set(_PER_FRAME) | set(_PER_WINDOW) | set(_WINDOW_COORDS) | {
+                                "window_convergence", "window_log", "window_log_columns", "window_time_unit",
+                                "convergence", "frame_index", "dim_scale", "dim_offset",
                                 "dim_unit", "holoaverage_param", "CLASS", "DISPLAY_ORIGIN",
                                 "IMAGE_MINMAXRANGE", "IMAGE_SUBCLASS", "IMAGE_WHITE_IS_ZERO",
                                 "_dtype", "_indexShape", "_shape"}
@@ -195,6 +214,14 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
         ``error``, ``outliers`` (pixels replaced by the outlier repair;
         ``empty_outliers`` along ``empty_frame`` for the empty series); ``convergence`` along ``iteration``; ``series`` (lazy,
         Dask-backed, dims ``frame``/``y``/``x``) when the file holds one.
+        A windowed result (``holodask run --window``): ``data`` and ``variance``
+        along ``(window, y, x)`` with the coordinates ``window``, ``time`` (its
+        unit in ``time.attrs["units"]``: ``s`` since the first hologram, or
+        ``frame``), ``window_time_s`` (seconds since 1970 UTC, where the holograms carry
+        acquisition times), ``first_frame``, ``last_frame`` and one per column
+        of the joined log; the registration of each window (``window_factor``,
+        ``window_shift_nm``, ``window_tilt_per_nm``, ``window_defocus_nm``,
+        ``window_error``) and ``convergence`` along ``(window, iteration)``.
         ``attrs`` hold ``parameters`` (the parsed parameter JSON),
         ``sampling_nm``, ``source``, ``prefix`` and the other attributes of
         the datasets (e.g. ``voltage(kV)``, ``carrier(nm-1)``).
@@ -218,6 +245,7 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
             conv = np.asarray(main_attrs["convergence"], dtype=np.float64).ravel()
             variables["convergence"] = xr.DataArray(conv, dims=("iteration",),
                                                     coords={"iteration": np.arange(conv.size)})
+        window_coords = _window_variables(variables, main_attrs) if _is_windowed(main_attrs) else {}
         series = _series_variable(path, f, f"{prefix}series", y, x) if has_series else None
         if series is not None:
             variables["series"] = series
@@ -226,7 +254,7 @@ def open_result(path, prefix: str = "") -> xr.Dataset:
         if param_text is None:
             param_text = next((f[f"{prefix}{name}"].attrs["holoaverage_param"] for name in present
                                if "holoaverage_param" in f[f"{prefix}{name}"].attrs), None)
-    result = xr.Dataset(variables, coords=_frame_coords(variables, main_attrs, n_frames))
+    result = xr.Dataset(variables, coords={**_frame_coords(variables, main_attrs, n_frames), **window_coords})
     result.attrs.update(_result_attrs(attrs, param_text, sampling, path, prefix))
     return result
 
@@ -252,16 +280,18 @@ def _images(f: h5py.File, path: Path, prefix: str, present: list[str]):
         y, x, sampling = _axis_coords(main_attrs, f[f"{prefix}{main}"].shape)
     for name in present:
         dataset = f[f"{prefix}{name}"]
-        if dataset.ndim != 2:
+        windowed = dataset.ndim == 3 and name != "empty" and _is_windowed(dataset.attrs)
+        if dataset.ndim != 2 and not windowed:
             raise DataError(f"result file {path}: {dataset.name} has shape {dataset.shape}, "
                             "expected a 2-D image")
         values = dataset[()].astype(np.float32) if name == "variance" else read_complex(dataset)
         ds_y, ds_x, _ = _axis_coords(dataset.attrs, dataset.shape)
+        lead = ("window",) if windowed else ()
         if ds_y.shape == y.shape and ds_x.shape == x.shape and np.allclose(ds_y, y) and np.allclose(ds_x, x):
-            variables[name] = xr.DataArray(values, dims=("y", "x"), coords={"y": y, "x": x})
+            variables[name] = xr.DataArray(values, dims=(*lead, "y", "x"), coords={"y": y, "x": x})
         else:
             dims = (f"{name}_y", f"{name}_x")
-            variables[name] = xr.DataArray(values, dims=dims, coords={dims[0]: ds_y, dims[1]: ds_x})
+            variables[name] = xr.DataArray(values, dims=(*lead, *dims), coords={dims[0]: ds_y, dims[1]: ds_x})
         for key, value in dataset.attrs.items():
             if key not in _NOT_ATTRS and key not in attrs:
                 attrs[key] = _python_value(value)
@@ -287,6 +317,42 @@ def _per_frame_variables(variables: dict, main_attrs: dict) -> int | None:
             variables[var] = xr.DataArray(value.ravel(), dims=("frame",))
         n_frames = variables[var].shape[0]
     return n_frames
+
+
+def _is_windowed(attrs) -> bool:
+    """Whether a result's ``data`` attributes are those of window averages (``--window``)."""
+    return "window_first_frame" in attrs
+
+
+def _window_variables(variables: dict, main_attrs: dict) -> dict:
+    """The per-window attributes of a windowed result as variables (into ``variables``) and
+    coordinates along ``window`` (returned)."""
+    first = np.asarray(main_attrs["window_first_frame"], dtype=np.int64).ravel()
+    n_windows = first.size
+    coords: dict[str, Any] = {"window": np.arange(n_windows)}
+    unit = _python_value(main_attrs.get("window_time_unit", "frame"))
+    for key, name in _WINDOW_COORDS.items():
+        if key in main_attrs:
+            values = np.asarray(main_attrs[key]).ravel()
+            attrs = {"units": unit} if name == "time" else {"units": "s"} if name == "window_time_s" else {}
+            coords[name] = xr.DataArray(values, dims=("window",), attrs=attrs)
+    for key, (name, has_xy) in _PER_WINDOW.items():
+        if key in main_attrs:
+            value = np.asarray(main_attrs[key])
+            variables[name] = xr.DataArray(value.reshape(-1, 2) if has_xy else value.ravel(),
+                                           dims=("window", "xy") if has_xy else ("window",))
+    if "window_convergence" in main_attrs:
+        conv = np.asarray(main_attrs["window_convergence"], dtype=np.float64).reshape(n_windows, -1)
+        variables["convergence"] = xr.DataArray(conv, dims=("window", "iteration"),
+                                                coords={"iteration": np.arange(conv.shape[1])})
+    if "window_log_columns" in main_attrs and "window_log" in main_attrs:
+        names = _python_value(main_attrs["window_log_columns"])
+        names = [names] if isinstance(names, str) else list(names)
+        table = np.asarray(main_attrs["window_log"], dtype=np.float64).reshape(n_windows, len(names))
+        source = _python_value(main_attrs.get("window_log_file", ""))
+        for k, name in enumerate(names):
+            coords[name] = xr.DataArray(table[:, k], dims=("window",), attrs={"source": source})
+    return coords
 
 
 def _frame_coords(variables: dict, main_attrs: dict, n_frames: int | None) -> dict:
@@ -345,6 +411,40 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def _describe_windows(result: xr.Dataset) -> list[str]:
+    """The table of a windowed result's windows: frames, time, registration, log values."""
+    unit = result["time"].attrs.get("units", "frame") if "time" in result.coords else "frame"
+    log_names = [name for name, coord in result.coords.items()
+                 if coord.dims == ("window",) and name not in ("window", "time", "window_time_s", "first_frame",
+                                                               "last_frame")]
+    size, step = result.attrs.get("window_size"), result.attrs.get("window_step")
+    lines = [f"windows: {result.sizes['window']} of {size} holograms, step {step}, registered to window 0"
+             + (f"; left out: {_format_value(np.asarray(result.attrs['window_left_out']))}"
+                if "window_left_out" in result.attrs else "")]
+    header = (f"  {'window':>6s} {'frames':>11s} {'time(' + unit + ')':>12s} {'shift_x(nm)':>11s} "
+              f"{'shift_y(nm)':>11s} {'|factor|':>8s} {'arg(rad)':>8s} {'residual':>10s}"
+              + "".join(f" {name:>14s}" for name in log_names))
+    lines.append(header)
+    for w in range(result.sizes["window"]):
+        def value(name, j=None):
+            if name not in result:
+                return np.nan
+            v = result[name].values[w]
+            return v if j is None else v[j]
+
+        frames = (f"{int(result['first_frame'].values[w])}..{int(result['last_frame'].values[w])}"
+                  if "first_frame" in result.coords else "")
+        time = float(result["time"].values[w]) if "time" in result.coords else np.nan
+        factor = complex(value("window_factor")) if "window_factor" in result else complex(np.nan)
+        final = np.asarray(result["convergence"].values[w]) if "convergence" in result else np.array([np.nan])
+        final = final[np.isfinite(final)]
+        lines.append(f"  {w:6d} {frames:>11s} {time:12.5g} {value('window_shift_nm', 0):11.4f} "
+                     f"{value('window_shift_nm', 1):11.4f} {abs(factor):8.4f} {np.angle(factor):+8.3f} "
+                     f"{(final[-1] if final.size else np.nan):10.4e}"
+                     + "".join(f" {float(result[name].values[w]):14.6g}" for name in log_names))
+    return lines
+
+
 def describe_result(path, prefix: str = "") -> str:
     """Human-readable summary of a result file (for ``holodask info RESULT.hdf5``).
 
@@ -400,7 +500,9 @@ def describe_result(path, prefix: str = "") -> str:
             if len(text) > 100:
                 text = text[:97] + "..."
             lines.append(f"  {key}: {text}")
-    if "convergence" in result:
+    if "window" in result.dims:
+        lines.extend(_describe_windows(result))
+    elif "convergence" in result:
         conv = result["convergence"].values
         lines.append("convergence (total squared residual per iteration):")
         lines.append("  " + "  ".join(f"{v:.4e}" for v in conv))

@@ -43,6 +43,7 @@ __all__ = [
     "make_illumination",
     "specimen_mask",
     "vacuum_edge_px",
+    "changed_object_wave",
     "propagate_and_shift",
     "hologram_intensity",
     "detector_mtf",
@@ -188,6 +189,17 @@ def specimen_mask(size_px: int, vacuum_fraction: float, edge_px: float) -> np.nd
     fall = np.clip((size_px - x) / edge_px, 0.0, 1.0)
     ramp = np.minimum(rise, fall)
     return (0.5 - 0.5 * np.cos(np.pi * ramp))[np.newaxis, :]
+def changed_object_wave(wave: np.ndarray, phase_scale: float, band_limit_px: float) -> np.ndarray:
+    """The object wave with its phase scaled by ``phase_scale`` (amplitude kept), low-passed
+    again to the band limit: a specimen whose phase changes (vacuum, phase 0, stays vacuum).
+
+    The phase is taken as ``angle(wave)``: the simulated objects' phase stays within
+    (-pi, pi). ``phase_scale`` 1 returns ``wave`` itself.
+    """
+    if phase_scale == 1.0:
+        return wave
+    changed = np.abs(wave) * np.exp(1j * phase_scale * np.angle(wave))
+    return np.fft.ifft2(np.fft.fft2(changed) * _smooth_lowpass(wave.shape, band_limit_px))
 
 
 def make_illumination(
@@ -392,19 +404,39 @@ class SimulatedSeries:
             truth=truth,
         )
 
-    def expected_wave(self, object_size_px: int | None = None, roi: Sequence[int] | None = None) -> np.ndarray:
+    @property
+    def object_change_rate(self) -> float:
+        """Relative change of the object's phase per frame (``simulate_series``)."""
+        return float(self.truth.get("object_change_rate", 0.0))
+
+    def object_wave_at(self, frame: int) -> np.ndarray:
+        """The object wave (frame 0's position, in focus) that hologram ``frame`` shows:
+        its phase scaled by ``1 + object_change_rate * frame``."""
+        rate = self.object_change_rate
+        if not rate:
+            return self.object_wave
+        band_limit_px = float(self.truth["object_band_limit_per_nm"]) * self.object_wave.shape[0] * self.sampling_nm
+        return changed_object_wave(self.object_wave, 1.0 + rate * int(frame), band_limit_px)
+
+    def expected_wave(self, object_size_px: int | None = None, roi: Sequence[int] | None = None,
+                      frames=None) -> np.ndarray:
         """The truth wave as an ideal reconstruction gives it on the output grid.
 
         The region ``roi`` = [left, top, right, bottom] (default: the
         parameter file's ``roi``, else the full image) of the in-focus wave at
         frame 0's position, Fourier-resampled to ``object_size_px`` square
         (default: the parameter file's ``object_size``). Vacuum is 1.
+        ``frames``: the wave of that frame (an object that changes), or the mean
+        of those frames' waves (a window average); default frame 0.
         """
         if object_size_px is None:
             object_size_px = int(self.params["object_size"])
         if roi is None:
             roi = self.params.get("roi")
-        wave = self.object_wave
+        if frames is None:
+            wave = self.object_wave
+        else:
+            wave = np.mean([self.object_wave_at(k) for k in np.atleast_1d(frames)], axis=0)
         if roi is not None:
             left, top, right, bottom = (int(v) for v in roi)
             if not (0 <= left < right <= wave.shape[1] and 0 <= top < bottom <= wave.shape[0]):
@@ -418,6 +450,7 @@ class SimulatedSeries:
         object_size_px: int | None = None,
         roi: Sequence[int] | None = None,
         inner_fraction: float = 0.5,
+        frames=None,
     ) -> float:
         """RMS phase difference of ``wave`` from the truth over the inner region.
 
@@ -425,14 +458,14 @@ class SimulatedSeries:
         a result file, of holodask or of the reference); the truth is
         :meth:`expected_wave` at ``wave``'s size unless ``object_size_px`` is
         given. One global phase is removed; the RMS is taken over the central
-        ``inner_fraction`` of each axis.
+        ``inner_fraction`` of each axis. ``frames``: see :meth:`expected_wave`.
         """
         wave = np.asarray(wave)
         if wave.ndim != 2:
             raise ParameterError(f"wave: expected a 2-D complex array, got shape {wave.shape}")
         if object_size_px is None:
             object_size_px = wave.shape[0]
-        expected = self.expected_wave(object_size_px, roi)
+        expected = self.expected_wave(object_size_px, roi, frames)
         if expected.shape != wave.shape:
             raise ParameterError(f"wave: shape {wave.shape} differs from the expected {expected.shape}")
         ny, nx = wave.shape
@@ -508,6 +541,7 @@ def simulate_series(
     roi_margin_px: int | None = None,
     texture_contrast: float = 0.0,
     vacuum_fraction: float = 0.0,
+    object_change_rate: float = 0.0,
 ) -> SimulatedSeries:
     """Write a simulated object series and empty series with known truth.
 
@@ -581,6 +615,11 @@ def simulate_series(
         :func:`make_object_wave`); 0 (default): the bare particles lie in
         the middle and only the margins are vacuum (or, with a texture,
         nothing is).
+    object_change_rate
+        A specimen that changes during the series (in-situ): hologram ``k`` shows
+        the object with its phase scaled by ``1 + object_change_rate * k``
+        (:func:`changed_object_wave`; 0, the default: a static object). The
+        truth of every frame: :meth:`SimulatedSeries.object_wave_at`.
 
     Returns
     -------
@@ -602,6 +641,8 @@ def simulate_series(
     if not (np.isfinite(vacuum_fraction) and 0.0 <= vacuum_fraction <= 0.6):
         raise ParameterError(f"vacuum_fraction: expected a fraction of the width from 0 to 0.6, "
                              f"got {vacuum_fraction!r}")
+    if not np.isfinite(object_change_rate):
+        raise ParameterError(f"object_change_rate: expected a finite number, got {object_change_rate!r}")
     carrier0_px = _frame0_carrier_px(carrier_px, size_px)
     if mtf is not None:
         detector_mtf((4, 4), mtf)  # validates the terms
@@ -631,6 +672,7 @@ def simulate_series(
         outdir, object_wave, conditions, recording, n_frames=n_frames, n_empty=n_empty, size_px=size_px,
         sampling_nm=sampling_nm, voltage_kV=voltage_kV, file_format=file_format,
         noisy=dose_e_per_px is not None, empty_noise_free=empty_noise_free,
+        change=(float(object_change_rate), band_limit_px),
     )
 
     sideband_pos = np.array([size_px // 2, size_px // 2], dtype=float) + carrier0_px
@@ -651,6 +693,8 @@ def simulate_series(
         object_band_limit_per_nm=band_limit_px / (size_px * sampling_nm), dose_e_per_px=dose_e_per_px, seed=seed,
     )
     truth["vacuum_fraction"] = np.float64(vacuum_fraction)
+    if object_change_rate:
+        truth["object_change_rate"] = np.float64(object_change_rate)
     truth_path = outdir / "truth.npz"
     np.savez_compressed(truth_path, **truth)
     return SimulatedSeries._from_truth(outdir, params_path, truth_path, params, truth)
@@ -825,7 +869,7 @@ def _hologram_counts(
 def _write_holograms(
     outdir: Path, object_wave: np.ndarray, conditions: _FrameConditions, recording: _Recording, *,
     n_frames: int, n_empty, size_px: int, sampling_nm: float, voltage_kV: float, file_format: str,
-    noisy: bool, empty_noise_free: bool,
+    noisy: bool, empty_noise_free: bool, change: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[str, str]:
     """Write the object holograms, then the empty ones (in this order: they share
     the noise generator); returns the object and empty spec patterns."""
@@ -834,8 +878,10 @@ def _write_holograms(
     attrs = {"dim_scale": [sampling_nm, sampling_nm], "dim_unit": ["nm", "nm"], "voltage(kV)": float(voltage_kV)}
 
     object_pattern, object_files = _names("object", file_format, size_px)
+    rate, band_limit_px = change
     for k in range(n_frames):
-        wave = propagate_and_shift(object_wave, conditions.drift_px[k], conditions.defocus_nm[k], sampling_nm, voltage_kV)
+        frame_object = changed_object_wave(object_wave, 1.0 + rate * k, band_limit_px) if rate else object_wave
+        wave = propagate_and_shift(frame_object, conditions.drift_px[k], conditions.defocus_nm[k], sampling_nm, voltage_kV)
         counts = _hologram_counts(wave, k, conditions, recording, noisy, recording.cosmic_rays, k)
         writer(outdir / (object_files % k), counts, integer_counts, attrs)
     empty_pattern, empty_files = _names("empty", file_format, size_px)

@@ -144,6 +144,8 @@ def test_a_run_killed_and_resumed_writes_what_an_uninterrupted_run_writes(tmp_pa
     for key in ("convergence", "shift(nm)", "factor", "raw_shift"):
         np.testing.assert_array_equal(_attrs(tmp_path / "killed.hdf5")[key], _attrs(tmp_path / "whole.hdf5")[key])
     assert not checkpoint.exists()  # done: the checkpoint is gone
+    with h5py.File(tmp_path / "killed.hdf5", "r") as f, h5py.File(tmp_path / "whole.hdf5", "r") as g:
+        assert sorted(f) == sorted(g)  # the same datasets (no aligned_rois nobody asked for)
 
 
 def test_a_checkpoint_of_other_parameters_is_refused(tmp_path, capsys):

@@ -25,6 +25,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=None, metavar="REL",
                         help="end the averaging rounds once the residual changes by less than REL (relative) "
                              "from one round to the next (default: the reference's fixed rounds)")
+    windows = parser.add_argument_group("window averages (in-situ series; the parameters window, window_step, "
+                                        "window_log, weights)")
+    windows.add_argument("--window", type=int, default=None, metavar="K",
+                         help="average windows of K consecutive holograms instead of the whole series, all "
+                              "registered to the first window: data and variance become (window, y, x)")
+    windows.add_argument("--step", type=int, default=None, metavar="S",
+                         help="holograms from one window's start to the next (default K: side by side; "
+                              "S < K: sliding windows)")
+    windows.add_argument("--log", default=None, metavar="LOG.csv",
+                         help="a CSV log (header row; first column the time: 'time_s' for seconds since 1970 UTC, "
+                              "else seconds since the first hologram) joined onto the windows")
+    windows.add_argument("--weights", default=None, metavar="W",
+                         help="weights of the holograms: the name of a per-frame coordinate, or a file "
+                              "(.txt, .csv, .dat, .npy) of one weight per hologram")
     add_scheduler_arguments(parser)
 
 
@@ -41,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     params = load_parameters(args.params)
     if args.tolerance is not None:
         params = _with_tolerance(params, args.tolerance)
+    params = _with_window_options(params, args)
     log.info("writing %s", params.output_name)
     # the performance report may overwrite neither an input nor an output of the run
     outputs = [params.output_name, params.output_qpimage]
@@ -63,3 +78,25 @@ def _with_tolerance(params, tolerance: float):
 
     checked = parse_parameters({"tolerance": tolerance}, partial=True).tolerance
     return dataclasses.replace(params, tolerance=checked, raw={**params.raw, "tolerance": checked})
+
+
+def _with_window_options(params, args):
+    """The parameters with ``--window``, ``--step``, ``--log`` and ``--weights`` (files taken from
+    the current folder), checked with the parameter file's own as one set; recorded with them."""
+    given = {key: value for key, value in (("window", args.window), ("window_step", args.step),
+                                           ("window_log", args.log), ("weights", args.weights))
+             if value is not None}
+    if not given:
+        return params
+    import os
+
+    from holodask.params import WEIGHTS_FILE_EXTENSIONS, parse_parameters
+
+    if "window_log" in given:
+        given["window_log"] = os.path.abspath(given["window_log"])
+    weights = given.get("weights")
+    if weights is not None and (weights.lower().endswith(WEIGHTS_FILE_EXTENSIONS) or os.sep in weights
+                                or "/" in weights):
+        given["weights"] = os.path.abspath(weights)
+    raw = {**params.raw, **given}
+    return parse_parameters(raw, params.folder, parameter_file=params.parameter_file)

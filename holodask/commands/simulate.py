@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--empty", type=int, default=1, metavar="N", help="number of empty holograms (default 1)")
     parser.add_argument("--no-empty", action="store_true", help="write no empty series")
     parser.add_argument("--format", choices=("hdf5", "raw"), default="hdf5", help="file format of the holograms (default hdf5)")
+    parser.add_argument("--texture", type=float, default=0.0, metavar="RMS",
+                        help="support-film texture (absorption, and phase in rad) of the object (lets the raw "
+                             "alignment work on noisy holograms)")
+    parser.add_argument("--change-rate", type=float, default=0.0, metavar="R",
+                        help="a specimen that changes (in-situ): hologram k shows the object's phase scaled by "
+                             "1 + R k")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         mtf=DEFAULT_MTF if args.mtf else None,
         n_empty=0 if args.no_empty else args.empty,
         file_format=args.format,
+        texture_contrast=args.texture,
+        object_change_rate=args.change_rate,
     )
     print(f"object holograms: {series.n_frames} x {series.params['object_names']} in {series.outdir}")
     if series.empty_specs:

@@ -5,7 +5,9 @@ The averaged object wave becomes a complex 2-D signal (HyperSpy opens it as a
 reconstructs), with axes ``y`` and ``x`` in nm (the result's sampling and
 offset), ``Acquisition_instrument.TEM.beam_energy`` (kV) when the result
 records the voltage, and the result's attributes (parameters, carrier,
-cut-off, per-hologram fit) under ``original_metadata.holodask``. The series
+cut-off, per-hologram fit) under ``original_metadata.holodask``. Window averages
+(``run --window``) become a stack along ``time`` (the windows' times, where
+regular, else their numbers). The series
 (``output_series``) becomes a stack: a navigation axis ``frame`` (the series
 indices, also listed as ``original_metadata.holodask.frame_index``) over the
 same signal axes, written frame block by frame block from the lazy result.
@@ -67,14 +69,18 @@ def _plain(value: Any) -> Any:
 
 
 def hspy_signal(data, y_nm, x_nm, *, title: str, voltage_kV: float | None = None,
-                frame_index=None, signal_type: str = "", holodask_metadata: dict | None = None) -> dict:
-    """The RosettaSciIO signal dictionary of a 2-D image or a (frame, y, x) stack."""
+                frame_index=None, signal_type: str = "", holodask_metadata: dict | None = None,
+                navigation: str = "frame", navigation_units: str = "") -> dict:
+    """The RosettaSciIO signal dictionary of a 2-D image or a (frame, y, x) stack (``navigation``:
+    the name of the stack's axis, e.g. ``window``; ``frame_index`` its values, used where regular)."""
     axes = []
     if frame_index is not None:
         frame_index = np.asarray(frame_index)
-        regular = frame_index.size < 2 or np.all(np.diff(frame_index) == frame_index[1] - frame_index[0])
-        steps = frame_index if regular else np.arange(frame_index.size)
-        axes.append(_axis("frame", steps, "", True))
+        steps = np.diff(frame_index)
+        regular = frame_index.size < 2 or np.allclose(steps, steps[0], rtol=1e-6, atol=0)
+        if not regular:
+            frame_index, navigation_units = np.arange(frame_index.size), ""
+        axes.append(_axis(navigation, frame_index, navigation_units, True))
     axes += [_axis("y", y_nm, "nm", False), _axis("x", x_nm, "nm", False)]
     metadata: dict[str, Any] = {
         "General": {"title": title},
@@ -118,9 +124,13 @@ def _result_metadata(result) -> dict:
             continue
         meta[key.replace("/", "_")] = _plain(value)
     for name in ("factor", "shift_nm", "tilt_per_nm", "defocus_nm", "error", "raw_shift_px", "outliers",
-                 "convergence"):
+                 "convergence", "weight", "window_factor", "window_shift_nm", "window_tilt_per_nm",
+                 "window_defocus_nm", "window_error"):
         if name in result:
             meta[name] = _plain(np.asarray(result[name].values))
+    for name, coord in result.coords.items():  # a windowed result's window axis: times, frames, log
+        if coord.dims == ("window",) and name != "window":
+            meta[name if name.startswith("window_") else f"window_{name}"] = _plain(np.asarray(coord.values))
     if "frame" in result.coords:
         meta["frame_index"] = np.asarray(result["frame"].values)
     return meta
@@ -163,6 +173,13 @@ def export_hspy(result_path, out_path, prefix: str = "", series: bool = False,
 
     def average_signal():
         wave = result["data"]
+        if "window" in wave.dims:  # window averages: a stack along time
+            time = result["time"] if "time" in result.coords else result["window"]
+            return hspy_signal(np.asarray(wave.values, dtype=np.complex64), wave[wave.dims[1]].values,
+                               wave[wave.dims[2]].values, title=f"holodask window averages {label}data",
+                               voltage_kV=voltage_kV, holodask_metadata=meta, frame_index=time.values,
+                               navigation="time" if "time" in result.coords else "window",
+                               navigation_units=time.attrs.get("units", "") if "time" in result.coords else "")
         return hspy_signal(np.asarray(wave.values, dtype=np.complex64), wave[wave.dims[0]].values,
                            wave[wave.dims[1]].values, title=f"holodask average {label}data",
                            voltage_kV=voltage_kV, holodask_metadata=meta)

@@ -9,7 +9,10 @@ dataset ``raw`` and an (empty) group ``bg_data``; the root attributes hold
 qpimage release whose layout is followed; qpimage needs it to open a file
 read-only). A QPSeries file holds one such QPImage per
 hologram in groups ``qpi_0``, ``qpi_1``, ... (no leading zeros, numbered from
-0 as :class:`qpimage.QPSeries` numbers them).
+0 as :class:`qpimage.QPSeries` numbers them). The window averages of a windowed
+result (``holodask run --window``) are a QPSeries too, one QPImage per window
+(``time``: the window's mean acquisition time, seconds since 1970 UTC, where
+the holograms carry acquisition times, else its time since the first hologram).
 
 The files are written with h5py (qpimage itself is not needed), each through a
 temporary file that replaces the destination only when complete.
@@ -89,6 +92,32 @@ def _write_qpimage(group: h5py.Group, wave, meta: dict, unwrap: bool) -> None:
         group.attrs[key] = value
 
 
+def _windowed(result) -> bool:
+    return "data" in result and "window" in result["data"].dims
+
+
+def _window_time(result, w: int) -> float | None:
+    """A window's ``time`` for its QPImage (s): absolute where known, else since the first hologram."""
+    if "window_time_s" in result.coords:
+        return float(result["window_time_s"].values[w])
+    if "time" in result.coords and result["time"].attrs.get("units") == "s":
+        return float(result["time"].values[w])
+    return None
+
+
+def _write_windows(file: h5py.File, result, meta: dict, label: str, unwrap: bool) -> None:
+    """The window averages as a QPSeries (``qpi_0``, ``qpi_1``, ... one per window)."""
+    file.attrs["identifier"] = f"holodask:{label}data"
+    file.attrs["qpimage version"] = QPIMAGE_FORMAT_VERSION
+    for w in range(result.sizes["window"]):
+        group = file.create_group(f"qpi_{w}")
+        window_meta = {**meta, "identifier": f"holodask:{label}data:window:{w}"}
+        when = _window_time(result, w)
+        if when is not None:
+            window_meta["time"] = when
+        _write_qpimage(group, result["data"].isel(window=w).values, window_meta, unwrap)
+
+
 def average_path(out_path) -> Path:
     """Where the average goes when ``out_path`` receives the series: ``OUT_average.h5``."""
     out_path = Path(out_path)
@@ -118,7 +147,8 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
         QPImage file of the averaged object wave ``data``; with ``series`` the
         QPSeries file of the result's ``series`` output, and the average goes
         to ``OUT_average.h5`` beside it (see :func:`average_path`) when the
-        result holds ``data``.
+        result holds ``data``. A windowed result's ``data`` (its window
+        averages) is a QPSeries, one QPImage per window.
     prefix : str
         The result's ``output_prefix``.
     series : bool
@@ -158,7 +188,10 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
                             f"'{prefix}data' to export")
         meta = qpimage_meta(result, voltage_kV=voltage_kV, identifier=f"holodask:{label}data")
         with HoloOutputFile(out_path, fresh=True, **options) as out:
-            _write_qpimage(out.file, result["data"].values, meta, unwrap)
+            if _windowed(result):
+                _write_windows(out.file, result, meta, label, unwrap)
+            else:
+                _write_qpimage(out.file, result["data"].values, meta, unwrap)
         return [out_path]
     if "series" not in result:
         raise DataError(f"result file {result_path} holds no series '{prefix}series' to export "
@@ -178,8 +211,11 @@ def export_qpimage(result_path, out_path, prefix: str = "", series: bool = False
                                          f"holodask:{label}series:{int(frame_index)}"}, unwrap)
         if average is not None:
             with HoloOutputFile(average, fresh=True, **options) as out_average:
-                _write_qpimage(out_average.file, result["data"].values,
-                               {**meta, "identifier": f"holodask:{label}data"}, unwrap)
+                if _windowed(result):
+                    _write_windows(out_average.file, result, meta, label, unwrap)
+                else:
+                    _write_qpimage(out_average.file, result["data"].values,
+                                   {**meta, "identifier": f"holodask:{label}data"}, unwrap)
             written.append(average)
     written.insert(0, out_path)
     return written

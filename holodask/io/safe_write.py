@@ -96,6 +96,11 @@ def _is_png(path: Path) -> bool:
     return not head or head == b"\x89PNG\r\n\x1a\n"
 
 
+def _is_gif(path: Path) -> bool:
+    head = _head(path, 6)
+    return not head or head in (b"GIF87a", b"GIF89a")
+
+
 def _is_zip(path: Path) -> bool:
     head = _head(path, 4)
     return not head or head in (b"PK\x03\x04", b"PK\x05\x06")
@@ -121,6 +126,7 @@ KINDS: dict[str, tuple[Callable[[Path], bool], str]] = {
     "hdf5": (_is_hdf5, "an HDF5 file"),
     "html": (_is_html, "an HTML file"),
     "png": (_is_png, "a PNG image"),
+    "gif": (_is_gif, "a GIF image"),
     "zip": (_is_zip, "an .npz (zip) archive"),
     "frame-cache-yaml": (_is_frame_cache_yaml, "a frame-cache YAML file"),
 }

@@ -215,7 +215,7 @@ def _waves_of(waves) -> FrameSeries:
     return series
 
 
-def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
+def average(waves, params=None, *, client=None, step=None, **options) -> "xr.Dataset":
     """Align and average a reconstructed stack: the second stage of ``holodask run``.
 
     Every wave is fitted to the current average (global complex factor and
@@ -234,10 +234,18 @@ def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
     client : distributed.Client, optional
         Default: the client of an enclosing
         :func:`holodask.cluster.compute_context`, else local threads.
+    step : int, optional
+        With ``window``: the holograms from one window's start to the next
+        (the parameter ``window_step``; default the window: side by side).
     **options
         Parameters by their parameter-file names: ``adjust_shift``,
         ``adjust_tilt``, ``adjust_defocus``, ``voltage``, ``tolerance`` (end the
-        rounds once the residual changes by less than this, relative), ...
+        rounds once the residual changes by less than this, relative),
+        ``window`` (averages of windows of that many holograms, registered to
+        the first window, on a time axis: :mod:`holodask.stages.windows`),
+        ``window_log`` (a CSV log joined onto the windows), ``weights`` (one
+        weight per hologram, a file of them, or the name of a per-frame
+        coordinate: a weighted average), ...
 
     Returns
     -------
@@ -249,9 +257,22 @@ def average(waves, params=None, *, client=None, **options) -> "xr.Dataset":
         ``convergence`` along ``iteration``: the names of
         :func:`holodask.open_result`. ``attrs``: the calibration, the
         ``parameters`` and ``hdf5_attrs`` (those of the output's ``data``).
+        With ``window``: ``data`` and ``variance`` along ``(window, y, x)``, the
+        window coordinates ``time`` (and ``window_time_s``), ``first_frame``,
+        ``last_frame`` and the log's columns, the registration of each window
+        (``window_factor``, ``window_shift_nm``, ...) and ``convergence`` along
+        ``(window, iteration)``.
     """
+    if step is not None:
+        options["window_step"] = step
+    if hasattr(options.get("weights"), "dims"):  # a DataArray along frame
+        options["weights"] = np.asarray(options["weights"].values)
     series = _waves_of(waves)
     params = stage_parameters(params if params is not None else series.attrs.get("params"), options)
+    if params.window is not None:
+        from holodask.stages.windows import average_windows_stack
+
+        return average_windows_stack(series, params, client=client).to_dataset()
     return average_stack(series, params, client=client).to_dataset()
 
 
@@ -318,7 +339,7 @@ def _with_empty(result: "xr.Dataset", empty: EmptyWave) -> "xr.Dataset":
     array = empty.compute().to_dataarray()
     if "data" not in result:
         pass
-    elif not (array.shape == result["data"].shape and np.allclose(array.y.values, result.y.values)
+    elif not (array.shape == result["data"].shape[-2:] and np.allclose(array.y.values, result.y.values)
               and np.allclose(array.x.values, result.x.values)):
         array = array.rename({"y": "empty_y", "x": "empty_x"})
     else:
@@ -334,7 +355,7 @@ def _with_empty(result: "xr.Dataset", empty: EmptyWave) -> "xr.Dataset":
 
 #: per-frame coordinates of a stack that become variables of the result (or are replaced by the fit)
 _FRAME_VARIABLES = ("raw_shift_x_px", "raw_shift_y_px", "saturated_px", "outliers", "defocus_nm", "fringe_contrast",
-                    "sideband_shift_x_px", "sideband_shift_y_px", "phase_noise_rad")
+                    "sideband_shift_x_px", "sideband_shift_y_px", "phase_noise_rad", "weight")
 #: attributes of a stack not passed on to a result
 _STACK_ONLY_ATTRS = ("empty", "params", "hdf5_attrs", "long_name", "name", "sampling_yx_nm")
 
@@ -348,6 +369,12 @@ def average_stack(series: FrameSeries, params: HoloParams, *, client=None, check
         raise ParameterError("voltage: needed for defocus (the files carry no voltage); give the parameter 'voltage' in kV")
     sampling = _wave_sampling(series)
     series = hold_stack(series, client=client)
+    if params.weights is not None and series.n_frames > 1:  # per hologram, kept with it when others are rejected
+        from holodask.stages.weights import frame_weights
+
+        weights = frame_weights(series, params)
+        if weights is not None:
+            series.coords["weight"] = weights
     rejected: dict[int, str] = {}
     if params.reject_outliers is not None:  # low fringe contrast: before any round
         series, rejected = _without(series, _low_contrast(series, params.reject_outliers), rejected)
@@ -361,7 +388,7 @@ def average_stack(series: FrameSeries, params: HoloParams, *, client=None, check
                                  iterations=OBJECT_ITERATIONS, fit_shift=params.adjust_shift,
                                  fit_tilt=params.adjust_tilt, fit_defocus=params.adjust_defocus,
                                  defocus_start=DEFOCUS_START, variance=True, tolerance=params.tolerance,
-                                 checkpoint=saved)
+                                 checkpoint=saved, weights=stack.coords.get("weight"))
             log.info("averaging: %d rounds in %.2f s", len(fit.convergence), time.perf_counter() - started)
             return fit
 
@@ -379,6 +406,9 @@ def average_stack(series: FrameSeries, params: HoloParams, *, client=None, check
         log.warning("holodask: %d hologram(s) rejected (reject_outliers %g): %s", len(rejected),
                     params.reject_outliers, "; ".join(f"frame {k} ({why})" for k, why in rejected.items()))
     result = _averaged(series, params, fit, np.asarray(data, dtype=np.complex64), variance, sampling)
+    if fit is not None and "weight" in series.coords:  # the weights as given, per hologram
+        result.frame_values["weight"] = series.coords["weight"]
+        result.hdf5_attrs["weight"] = series.coords["weight"]
     if rejected:
         result.hdf5_attrs["rejected_frames"] = np.array(list(rejected), dtype=np.int64)
         result.attrs["rejected_frames"] = dict(rejected)

@@ -55,6 +55,10 @@ def _input_facts(params) -> list:
         if series is not None:
             specs += list(series.specs)
     specs += [s for s in (params.empty_override, *(params.camera_distortions or ())) if s]
+    for extra in (getattr(params, "window_log", None), getattr(params, "weights", None)):  # files read besides
+        path = getattr(extra, "path", None) or getattr(extra, "source", None)
+        if path:
+            specs.append(path)
     facts = []
     for spec in specs:
         path = parse_spec(spec, params.basepath).path

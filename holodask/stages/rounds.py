@@ -36,9 +36,8 @@ from holodask.align import (
     model_error,
 )
 
-__all__ = ["AverageResult", "HeldFrames", "StoredFrame", "average_series", "average_tasks", "compute_graph",
-           "hold_frames",
-           "scheduler_of"]
+__all__ = ["AverageResult", "HeldFrames", "StoredFrame", "RoundPlan", "average_series", "average_tasks",
+           "compute_graph", "hold_frames", "normalised_weights", "round_plan", "scheduler_of", "variance_denominator"]
 
 
 @dataclass
@@ -192,6 +191,43 @@ def _batch_task(kernel, blocks, values, *shared):
     """Run a per-frame kernel ``kernel(block, value, *shared)`` on a batch of frames
     and reduce the batch's parts (see :func:`_reduce_parts`) in the same task."""
     return _reduce_parts(*(kernel(_load(block), value, *shared) for block, value in zip(blocks, values)))
+
+
+# ---------------------------------------------------------------- weights
+#
+# A weighted average takes every frame's contribution times its weight; the weights
+# are normalised to a mean of 1 (their sum is the number of frames), so that the
+# reductions divide by the number of frames as the unweighted ones do. Without
+# weights (None) none of this runs: the unweighted rounds are the same tasks.
+
+
+def _weighted_part(part, weight):
+    """A ``(small values, array)`` part with its array times ``weight``."""
+    smalls, array = part
+    return smalls, (None if array is None else array * np.float32(weight))
+
+
+def _weighted_batch_task(kernel, blocks, values, weights, *shared):
+    """:func:`_batch_task` with each frame's contribution times its weight."""
+    return _reduce_parts(*(_weighted_part(kernel(_load(block), value, *shared), weight)
+                           for block, value, weight in zip(blocks, values, weights)))
+
+
+def normalised_weights(weights, n_frames: int) -> np.ndarray | None:
+    """Weights scaled to a mean of 1 (float64); None where there are none or all are equal
+    (the unweighted average: the same numbers, bit for bit). At least two must be positive."""
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    if weights.shape != (n_frames,):
+        raise ValueError(f"weights: expected {n_frames} values (one per frame), got {weights.size}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("weights: every weight must be a finite number >= 0")
+    if np.count_nonzero(weights) < 2:
+        raise ValueError("weights: at least two frames need a positive weight")
+    if np.all(weights == weights[0]):
+        return None
+    return weights * (n_frames / weights.sum())
 
 
 @dataclass(frozen=True)
@@ -508,14 +544,17 @@ def _reduced_call(func, n_args, *args_and_parts):
     return func(_reduce_parts(*parts) if len(parts) > 1 else parts[0], *args)
 
 
-def _round_batch(blocks, indices, round_state, grid, fit_shift, fit_tilt, fit_defocus):
+def _round_batch(blocks, indices, round_state, grid, fit_shift, fit_tilt, fit_defocus, weights=None):
     """:func:`_round_task` on a batch of frames, states and average from the previous round
-    (nothing once the rounds have converged)."""
+    (nothing once the rounds have converged); contributions times ``weights[index]`` if given."""
     states, average, _, converged = round_state
     if converged:
         return [], None
-    return _reduce_parts(*(_round_task(_load(block), states[index], average, grid, fit_shift, fit_tilt, fit_defocus)
-                           for block, index in zip(blocks, indices)))
+    parts = (_round_task(_load(block), states[index], average, grid, fit_shift, fit_tilt, fit_defocus)
+             for block, index in zip(blocks, indices))
+    if weights is not None:
+        parts = (_weighted_part(part, weights[index]) for part, index in zip(parts, indices))
+    return _reduce_parts(*parts)
 
 
 def _first_update(part, order, n_frames):
@@ -531,25 +570,43 @@ def _converged(convergence: list, tolerance: float | None) -> bool:
     return abs(convergence[-1] - convergence[-2]) <= tolerance * abs(convergence[-1])
 
 
-def _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance=None):
+def _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance=None,
+            weighting=None):
     """The next round state: factors normalised to a mean amplitude of 1, gauge pinned;
-    converged once the residual changes by less than ``tolerance`` (None: never)."""
+    converged once the residual changes by less than ``tolerance`` (None: never).
+
+    ``weighting``: ``(weights, reference)`` of a weighted average (the mean amplitude and
+    the focus gauge are weighted means, the position that of frame ``reference``)."""
     if round_state[3]:
         return round_state
     fits, total = part
     fits = _in_frame_order(fits, order)
     convergence = round_state[2] + [float(np.sum([error for _, error in fits]))]
     states = np.array([state for state, _ in fits])
-    norm = float(np.mean(np.hypot(states[:, 0], states[:, 1])))
+    if weighting is None:
+        norm = float(np.mean(np.hypot(states[:, 0], states[:, 1])))
+    else:
+        norm = float(np.average(np.hypot(states[:, 0], states[:, 1]), weights=weighting[0]))
     states[:, 0:2] /= norm
     average = total * np.complex64(norm / n_frames)
-    states, average = _pin_gauge(states, average, grid, nominal_defocus, fit_shift, fit_defocus)
+    if weighting is None:
+        states, average = _pin_gauge(states, average, grid, nominal_defocus, fit_shift, fit_defocus)
+    else:
+        states, average = _pin_gauge(states, average, grid, nominal_defocus, fit_shift, fit_defocus,
+                                     reference=weighting[1], weights=weighting[0])
     return states, average, convergence, _converged(convergence, tolerance)
 
 
 def _update_round(part, order, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance, round_state):
     """:func:`_update` with the previous round state last."""
     return _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance)
+
+
+def _weighted_update_round(part, order, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance,
+                           weighting, round_state):
+    """:func:`_update` of a weighted average, with the previous round state last."""
+    return _update(part, order, round_state, n_frames, grid, nominal_defocus, fit_shift, fit_defocus, tolerance,
+                   weighting)
 
 
 def _saved(round_state, checkpoint, round_number):
@@ -563,18 +620,34 @@ def _final_state(round_state):
     return states, average, fft.ifft2(average).astype(np.complex64), convergence
 
 
-def _final_batch(blocks, indices, final_state, grid):
-    """:func:`_final_task` on a batch of frames."""
+def _final_batch(blocks, indices, final_state, grid, weights=None):
+    """:func:`_final_task` on a batch of frames (squared deviations times ``weights[index]``
+    if given)."""
     states, average, average_wave, _ = final_state
-    return _reduce_parts(*(_final_task(_load(block), states[index], average, average_wave, grid)
-                           for block, index in zip(blocks, indices)))
+    parts = (_final_task(_load(block), states[index], average, average_wave, grid)
+             for block, index in zip(blocks, indices))
+    if weights is not None:
+        parts = (_weighted_part(part, weights[index]) for part, index in zip(parts, indices))
+    return _reduce_parts(*parts)
 
 
-def _finish(part, order, final_state, n_frames, variance):
+def variance_denominator(n_frames: int, weights=None) -> float:
+    """What the summed squared deviations are divided by: ``N - 1``, or for weights of
+    mean 1 (reliability weights) ``N - sum(w^2) / N``, which is ``N - 1`` for equal ones."""
+    if weights is None:
+        return n_frames - 1
+    weights = np.asarray(weights, dtype=np.float64)
+    return float(n_frames - np.sum(weights**2) / n_frames)
+
+
+def _finish(part, order, final_state, n_frames, variance, weights=None):
     errors, squared = part
     states, _, average_wave, convergence = final_state
     errors = np.array(_in_frame_order(errors, order), dtype=float)
-    var = (squared / (n_frames - 1)).astype(np.float32) if variance else None
+    if weights is None:
+        var = (squared / (n_frames - 1)).astype(np.float32) if variance else None
+    else:
+        var = (squared / variance_denominator(n_frames, weights)).astype(np.float32) if variance else None
     return AverageResult(average_wave, var, states, errors, convergence + [float(errors.sum())])
 
 
@@ -586,7 +659,7 @@ def _in_frame_order(values: list, order: list[int]) -> list:
     return result
 
 
-def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
+def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus, reference=0, weights=None):
     """Fix the free position and focus of the average.
 
     A common shift (or defocus) of all frames, with the average moved the
@@ -595,18 +668,22 @@ def _pin_gauge(states, average, grid, nominal_defocus, shifts, defocus):
     there) and at the mean nominal focus: the first frame's shift and the mean
     defocus offset from the nominal values are subtracted from every frame and
     the average spectrum moved accordingly, which is exact (both act in
-    Fourier space only).
+    Fourier space only). A weighted average: the position of frame
+    ``reference`` (its first frame of positive weight) and the weighted mean focus.
     """
     states = states.copy()
     qy, qx = grid.qy.astype(np.float64), grid.qx.astype(np.float64)
     phase_y, phase_x = np.zeros_like(qy), np.zeros_like(qx)  # the phase is separable in y and x
     if shifts:
-        shift0 = states[0, 2:4].copy()
+        shift0 = states[reference, 2:4].copy()
         states[:, 2:4] -= shift0
         phase_y += 2.0 * np.pi * shift0[0] * qy
         phase_x += 2.0 * np.pi * shift0[1] * qx
     if defocus:
-        offset = float(np.mean(states[:, 6] - nominal_defocus))
+        if weights is None:
+            offset = float(np.mean(states[:, 6] - nominal_defocus))
+        else:
+            offset = float(np.average(states[:, 6] - nominal_defocus, weights=weights))
         states[:, 6] -= offset
         phase_y -= np.pi * grid.wavelength_nm * offset * qy**2
         phase_x -= np.pi * grid.wavelength_nm * offset * qx**2
@@ -655,6 +732,7 @@ def average_series(
     checkpoint=None,
     client=None,
     store_dir=None,
+    weights=None,
 ) -> AverageResult:
     """Average a stack of reconstructed waves with per-frame alignment.
 
@@ -677,11 +755,19 @@ def average_series(
     client : a ``dask.distributed.Client`` (None: Dask's threaded scheduler).
     store_dir : folder for a Zarr store of the stack (None: frames in memory, on the
         workers with a distributed scheduler).
+    weights : (N,) weights >= 0 of a weighted average (None, or all equal: the
+        unweighted one, bit for bit). Every frame is still fitted; its contribution
+        to the average and the variance counts with its weight (normalised to a
+        mean of 1), the mean amplitude and focus are weighted means, the first round
+        aligns to the first frame of positive weight and the average keeps its
+        position; the variance is the reliability-weighted one,
+        ``sum(w d^2) / (N - sum(w^2) / N)``. A frame of weight 0 is left out of the
+        average as if it were not in the stack.
     """
     held = _hold_array(stack, client, store_dir)
     graph, ref = _rounds_graph(held, grid, defocus_nm, iterations=iterations, fit_shift=fit_shift,
                                fit_tilt=fit_tilt, fit_defocus=fit_defocus, defocus_start=defocus_start,
-                               variance=variance, tolerance=tolerance, checkpoint=checkpoint)
+                               variance=variance, tolerance=tolerance, checkpoint=checkpoint, weights=weights)
     return graph.compute(ref)
 
 
@@ -698,18 +784,79 @@ def average_tasks(dsk: dict, keys: list, grid: AlignmentGrid, defocus_nm=None, *
 
 
 def _rounds_graph(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, fit_tilt, fit_defocus,
-                  defocus_start, variance, tolerance=None, checkpoint=None):
+                  defocus_start, variance, tolerance=None, checkpoint=None, weights=None, graph=None):
     """The :class:`_Graph` of every round over the held frames, and its final task.
 
     Rounds are numbered 0 (the first, against the first frame) to ``iterations``;
     with a ``checkpoint`` each round's state is saved, and the rounds start after
-    the last one saved there.
+    the last one saved there. ``graph``: add the tasks to this :class:`_Graph`
+    (several averages computed together); ``weights``: see :func:`average_series`.
     """
+    plan = round_plan(held, grid, defocus_nm, iterations=iterations, fit_shift=fit_shift, fit_tilt=fit_tilt,
+                      fit_defocus=fit_defocus, defocus_start=defocus_start, tolerance=tolerance,
+                      checkpoint=checkpoint, weights=weights, graph=graph)
+    return plan.graph, plan.final_pass(plan.finals, variance)
+
+
+@dataclass
+class RoundPlan:
+    """The rounds of one average added to a :class:`_Graph`, up to the final state.
+
+    ``finals`` maps each replica (the worker computing the round state, or None)
+    to the task of the final state ``(states, average spectrum, average wave,
+    convergence)``; :meth:`final_pass` adds the pass over the frames that gives
+    the errors and the variance against it (or against a state derived from it:
+    :mod:`holodask.stages.windows` registers the average first).
+    """
+
+    graph: "_Graph"
+    items: list
+    groups: list
+    order: list
+    replicas: list
+    holders: list | None
+    grid_ref: object
+    n_frames: int
+    finals: dict
+    weights: np.ndarray | None = None
+    weights_ref: object = None
+
+    def where(self, group):
+        return self.holders[group[0]] if self.holders is not None else None
+
+    def state_for(self, states: dict, group):
+        return states[self.where(group)] if len(self.replicas) > 1 else states[self.replicas[0]]
+
+    def per_replica(self, label: str, func, finals: dict, *args) -> dict:
+        """``func(final state, *args)`` on every replica (e.g. the registered final state)."""
+        return {worker: self.graph.add(label, func, finals[worker], *args, worker=worker) for worker in self.replicas}
+
+    def final_pass(self, finals: dict, variance: bool, final_batch=None, finish=None, extra=()):
+        """The errors and the variance against ``finals`` (see the class): the key of the
+        result of ``finish(part, order, final state, n_frames, variance[, weights], *extra)``
+        (default :func:`_finish`, an :class:`AverageResult`), its parts made by
+        ``final_batch(blocks, indices, final state, grid[, weights])`` (default :func:`_final_batch`)."""
+        final_batch = final_batch or _final_batch
+        finish = finish or _finish
+        graph, weighted = self.graph, ([] if self.weights is None else [self.weights_ref])
+        parts = [graph.add("final", final_batch, [self.items[i] for i in group], group,
+                           self.state_for(finals, group), self.grid_ref, *weighted, worker=self.where(group))
+                 for group in self.groups]
+        first = self.replicas[0]
+        return graph.reduce_into("finish", finish, parts, self.order, finals[first], self.n_frames, variance,
+                                 *([] if self.weights is None else [self.weights]), *extra, worker=first)
+
+
+def round_plan(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, fit_tilt, fit_defocus,
+               defocus_start, tolerance=None, checkpoint=None, weights=None, graph=None, batch=None) -> RoundPlan:
+    """The rounds of :func:`_rounds_graph` up to the final state (a :class:`RoundPlan`);
+    ``batch``: frames per task (None: :func:`_batch_size` of these frames)."""
     client = held.client
     n_frames = len(held)
     if n_frames == 1:
         raise ValueError("average_series needs at least two frames")
     defocus_nm = np.zeros(n_frames) if defocus_nm is None else np.asarray(defocus_nm, dtype=float)
+    weights = normalised_weights(weights, n_frames)
     holders = _holders(held)
     threads = client.nthreads() if client is not None else None
     if holders is not None:
@@ -719,9 +866,11 @@ def _rounds_graph(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, 
     def where(group):
         return holders[group[0]] if holders is not None else None
 
-    graph = _Graph(client)
+    graph = graph if graph is not None else _Graph(client)
     grid_ref, defocus_ref = graph.share(grid, defocus_nm)
-    batch = _batch_size(n_frames, client)
+    weights_ref = graph.share(weights)[0] if weights is not None else None
+    reference = 0 if weights is None else int(np.flatnonzero(weights > 0)[0])
+    batch = batch if batch is not None else _batch_size(n_frames, client)
     groups = _frame_groups(list(range(n_frames)), batch, holders, threads)
     order = [i for group in groups for i in group]
     # the round state: one update task in all, or (a few workers) one on every worker
@@ -752,33 +901,47 @@ def _rounds_graph(held: HeldFrames, grid, defocus_nm, *, iterations, fit_shift, 
         done = 0
         states = _first_round(graph, items, defocus_nm, grid_ref, fit_shift, batch, holders, threads, where,
                               lambda parts, first_order: updates(_first_update, parts, first_order, n_frames,
-                                                                 round_number=0))
+                                                                 round_number=0),
+                              reference=reference, weights=weights)
+    weighted = [] if weights is None else [weights_ref]
+    if weights is None:
+        update, weighting = _update_round, []
+    else:
+        update, weighting = _weighted_update_round, [(weights, reference)]
     for iteration in range(done, iterations):
         fit_defocus_now = bool(fit_defocus and iteration >= defocus_start)
         # with the defocus fit, the rounds stop only once it has run
         stop_at = tolerance if (not fit_defocus or iteration > defocus_start) else None
         parts = [graph.add("round", _round_batch, [items[i] for i in group], group, state_for(states, group),
-                           grid_ref, fit_shift, fit_tilt, fit_defocus_now, worker=where(group))
+                           grid_ref, fit_shift, fit_tilt, fit_defocus_now, *weighted, worker=where(group))
                  for group in groups]
-        states = updates(_update_round, parts, order, n_frames, grid_ref, defocus_ref, fit_shift, fit_defocus_now,
-                         stop_at, previous=states, round_number=iteration + 1)
+        states = updates(update, parts, order, n_frames, grid_ref, defocus_ref, fit_shift, fit_defocus_now,
+                         stop_at, *weighting, previous=states, round_number=iteration + 1)
 
     finals = {worker: graph.add("final-state", _final_state, states[worker], worker=worker) for worker in replicas}
-    parts = [graph.add("final", _final_batch, [items[i] for i in group], group, state_for(finals, group), grid_ref,
-                       worker=where(group))
-             for group in groups]
-    return graph, graph.reduce_into("finish", _finish, parts, order, finals[replicas[0]], n_frames, variance,
-                                    worker=replicas[0])
+    return RoundPlan(graph, items, groups, order, replicas, holders, grid_ref, n_frames, finals, weights, weights_ref)
 
 
-def _first_round(graph, items, defocus_nm, grid_ref, fit_shift, batch, holders, threads, where, update):
-    """The first round: every frame fitted to the first one; its update tasks."""
-    first_groups = _frame_groups(list(range(1, len(items))), batch, holders, threads)
-    reference = graph.add("reference", _reference_task, items[0], float(defocus_nm[0]), grid_ref,
-                          worker=where([0]))
-    parts = [reference] + [
-        graph.add("first", _batch_task, _first_round_task, [items[i] for i in group],
-                  [float(defocus_nm[i]) for i in group], reference, grid_ref, fit_shift, worker=where(group))
-        for group in first_groups
-    ]
-    return update(parts, [0] + [i for group in first_groups for i in group])
+def _first_round(graph, items, defocus_nm, grid_ref, fit_shift, batch, holders, threads, where, update,
+                 reference=0, weights=None):
+    """The first round: every frame fitted to the first one (``reference``: the first of
+    positive weight); its update tasks. ``weights``: contributions times them."""
+    others = [i for i in range(len(items)) if i != reference]
+    first_groups = _frame_groups(others, batch, holders, threads)
+    reference_task = graph.add("reference", _reference_task, items[reference], float(defocus_nm[reference]),
+                               grid_ref, worker=where([reference]))
+    if weights is None:
+        parts = [reference_task] + [
+            graph.add("first", _batch_task, _first_round_task, [items[i] for i in group],
+                      [float(defocus_nm[i]) for i in group], reference_task, grid_ref, fit_shift, worker=where(group))
+            for group in first_groups
+        ]
+    else:
+        parts = [graph.add("reference-part", _weighted_part, reference_task, float(weights[reference]),
+                           worker=where([reference]))] + [
+            graph.add("first", _weighted_batch_task, _first_round_task, [items[i] for i in group],
+                      [float(defocus_nm[i]) for i in group], [float(weights[i]) for i in group], reference_task,
+                      grid_ref, fit_shift, worker=where(group))
+            for group in first_groups
+        ]
+    return update(parts, [reference] + [i for group in first_groups for i in group])
