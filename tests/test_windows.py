@@ -442,3 +442,14 @@ def test_the_insitu_example_configuration_is_valid():
     assert p.window_log.absolute and p.window_log.names == ("temperature_C", "heater_power_mW")
     np.testing.assert_allclose(p.window_log.at([1716370030.0]), [[87.5, 20.75]])
     assert p.window_log.path in p.protected_paths()  # an output may not overwrite it
+
+
+@pytest.mark.parametrize("extra, key", [({"normalize_vacuum": True}, "normalize_vacuum"),
+                                        ({"reject_outliers": 5}, "reject_outliers")])
+def test_options_that_do_not_go_with_windows_are_named(tmp_path, capsys, extra, key):
+    _, params = simulated_params(tmp_path, {"n_frames": 4, "size_px": 128, "object_size_px": 64, "seed": 1})
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(dict(params, window=2, **extra)))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"parameter '{key}'" in err and "window" in err and "Traceback" not in err

@@ -412,6 +412,13 @@ def check_run_windows(params: HoloParams, objects: FrameSeries | None) -> None:
         return
     if params.only_align:
         raise ParameterError("parameter 'window': only_align averages nothing")
+    if getattr(params, "normalize_vacuum", False) is not False:
+        raise ParameterError("parameter 'normalize_vacuum': not with 'window' (the windows' phase is referred to "
+                             "the first window's; window_phase_roi refers it to a vacuum region, and "
+                             ".holo.normalized() normalises a window of the result)")
+    if getattr(params, "reject_outliers", None) is not None:
+        raise ParameterError("parameter 'reject_outliers': not with 'window' (give 'weights' instead, e.g. "
+                             "\"fringe_contrast\")")
     if objects is None:
         raise ParameterError("parameter 'window': needs object holograms (object_names)")
     plan_windows(objects.n_frames, params.window, params.window_step)
