@@ -120,14 +120,22 @@ def _single_threaded_blas():
 def _reduce_parts(*parts):
     """Sum of ``(small values, array)`` parts: the small values one after the other
     (in the parts' order) and the sum of the arrays."""
-    smalls = [value for part in parts for value in part[0]]
-    arrays = [part[1] for part in parts if part[1] is not None]  # (skipped rounds give none)
-    if not arrays:
-        return smalls, None
-    first = arrays[0]
-    total = np.array(first, dtype=np.complex64 if np.iscomplexobj(first) else np.float64, copy=True)
-    for array in arrays[1:]:
-        total += array
+    return _reduce_stream(parts)
+
+
+def _reduce_stream(parts):
+    """:func:`_reduce_parts` of an iterable, summed as the parts come: a batch task's
+    per-frame parts (a spectrum each) are never all held at once, so its memory does not
+    grow with the batch, which grows with the series."""
+    smalls, total = [], None
+    for small, array in parts:
+        smalls.extend(small)
+        if array is None:  # (skipped rounds give none)
+            continue
+        if total is None:
+            total = np.array(array, dtype=np.complex64 if np.iscomplexobj(array) else np.float64, copy=True)
+        else:
+            total += array
     return smalls, total
 
 
@@ -191,7 +199,7 @@ def _final_task(block, state, average_spectrum, average_wave, grid):
 def _batch_task(kernel, blocks, values, *shared):
     """Run a per-frame kernel ``kernel(block, value, *shared)`` on a batch of frames
     and reduce the batch's parts (see :func:`_reduce_parts`) in the same task."""
-    return _reduce_parts(*(kernel(_load(block), value, *shared) for block, value in zip(blocks, values)))
+    return _reduce_stream(kernel(_load(block), value, *shared) for block, value in zip(blocks, values))
 
 
 @dataclass(frozen=True)
@@ -514,8 +522,8 @@ def _round_batch(blocks, indices, round_state, grid, fit_shift, fit_tilt, fit_de
     states, average, _, converged = round_state
     if converged:
         return [], None
-    return _reduce_parts(*(_round_task(_load(block), states[index], average, grid, fit_shift, fit_tilt, fit_defocus)
-                           for block, index in zip(blocks, indices)))
+    return _reduce_stream(_round_task(_load(block), states[index], average, grid, fit_shift, fit_tilt, fit_defocus)
+                          for block, index in zip(blocks, indices))
 
 
 def _first_update(part, order, n_frames):
@@ -566,8 +574,8 @@ def _final_state(round_state):
 def _final_batch(blocks, indices, final_state, grid):
     """:func:`_final_task` on a batch of frames."""
     states, average, average_wave, _ = final_state
-    return _reduce_parts(*(_final_task(_load(block), states[index], average, average_wave, grid)
-                           for block, index in zip(blocks, indices)))
+    return _reduce_stream(_final_task(_load(block), states[index], average, average_wave, grid)
+                          for block, index in zip(blocks, indices))
 
 
 def _finish(part, order, final_state, n_frames, variance):
