@@ -29,11 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import machine_facts, phase_rms_difference, run_measured  # noqa: E402
+from _measure import machine_facts, phase_rms_difference, read_result, run_measured  # noqa: E402
 
 from holodask.params import parse_parameter_text  # noqa: E402
 
@@ -72,15 +71,6 @@ def fft_bound_s(n_frames: int, size_px: int, object_size_px: int, rounds: int = 
     return n_frames * (per_call(fft.rfft2, frame) + rounds * 3 * per_call(fft.fft2, wave))
 
 
-def read_data(path: Path) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        d = f["data"]
-        if d.dtype.names:
-            raw = d[()]
-            return raw["r"] + 1j * raw["i"]
-        return d[()]
-
-
 def run_case(name, frames, size_px, object_size_px, defocus, repeats, workdir: Path) -> dict:
     from holodask.simulate import simulate_series
 
@@ -106,8 +96,8 @@ def run_case(name, frames, size_px, object_size_px, defocus, repeats, workdir: P
             if m.returncode != 0:
                 raise RuntimeError(f"{name}: {prog} failed:\n{m.output[-3000:]}")
             runs[prog].append(m)
-    ref_data = read_data(folder / "reference.hdf5")
-    hd_data = read_data(folder / "holodask.hdf5")
+    ref_data = read_result(folder / "reference.hdf5")[0]
+    hd_data = read_result(folder / "holodask.hdf5")[0]
     bound = fft_bound_s(frames, size_px, object_size_px)
     med = {k: statistics.median(m.wall_s for m in v) for k, v in runs.items()}
     peak = {k: max(m.peak_rss_mib for m in v) for k, v in runs.items()}

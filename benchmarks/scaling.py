@@ -3,11 +3,14 @@
 Memory: peak memory (sum of RSS over the whole process tree, Dask workers
 included) of ``holodask run`` on N = 50 and N = 400 holograms of the same
 size, with the reconstructed stack held in memory and in a ``--scratch`` Zarr
-store; the ratio shows whether memory stays bounded as the series grows (it
-does with ``--scratch``; in memory the stack itself grows with N).
+store, or under a memory budget (``--budget SIZE``: ``--memory-limit SIZE``,
+small enough that the stack goes to a Zarr store by itself); the ratio shows
+whether memory stays bounded as the series grows (it does in a Zarr store; in
+memory the stack itself grows with N).
 
 Scaling: wall time of the reconstruction and averaging stages (the time
-``holodask run -v`` reports for them) with a LocalCluster of 1 and of 2
+``holodask run -v`` reports for them, with the raw alignment, which it reports
+on its own since the drift is computed first) with a LocalCluster of 1 and of 2
 single-threaded process workers on the same series; throughput ratio =
 t(1 worker) / t(2 workers).
 
@@ -23,6 +26,7 @@ a CPU quota, give less, and no scheduler can scale beyond it.
 Usage::
 
     python benchmarks/scaling.py memory  [--small 50 --large 400 --size 512 --object-size 128]
+    python benchmarks/scaling.py memory --budget 10MB  # also under a memory budget (threads)
     python benchmarks/scaling.py scaling [--frames 200 --size 1024 --object-size 256]
     python benchmarks/scaling.py ceiling [--size 1024 --object-size 256]
     python benchmarks/scaling.py all     # all three, appended to benchmarks/RESULTS.md
@@ -31,64 +35,100 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import machine_facts, run_measured  # noqa: E402
+from _measure import append_results, holodask_run, run_facts, run_measured  # noqa: E402
+from _measure import simulate as _simulate  # noqa: E402
 
 
 def simulate(folder: Path, frames: int, size: int, object_size: int) -> Path:
-    from holodask.simulate import simulate_series
-
-    sim = simulate_series(folder, n_frames=frames, size_px=size, object_size_px=object_size,
-                          dose_e_per_px=500.0, drift_step_px=0.5, seed=11,
-                          texture_contrast=0.1)
-    return Path(sim.params_path)
+    """This script's series (seed 11, no fringe-phase jitter)."""
+    return _simulate(folder, frames, size, object_size, seed=11, phase_jitter_rad=0.0)
 
 
-def holodask_cmd(params: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "holodask", "run", str(params), "-v", "--quiet", *extra]
+#: how the reconstructed stack is held, for :func:`peak_memory`
+MEMORY_MODES = {
+    "memory": "stack held in memory",
+    "scratch": "stack in a --scratch Zarr store (bounded memory)",
+    "budget": "memory budget --memory-limit {budget} (the stack goes to a Zarr store by itself)",
+}
+
+
+def _mode_args(mode: str, n: int, workdir: Path, budget: str | None) -> list[str]:
+    if mode == "scratch":
+        return ["--scratch", str(workdir / f"scratch{n}")]
+    if mode == "budget":
+        return ["--memory-limit", budget]
+    return []
+
+
+def peak_memory(params: dict, modes: list[str], workdir: Path, *, repeats: int = 1, budget: str | None = None,
+                extra: tuple = ()) -> dict:
+    """Run ``holodask run`` on each series ``params[n]`` in each mode of :data:`MEMORY_MODES`,
+    ``repeats`` times, alternating (repeat by repeat, series by series, mode by mode).
+
+    Returns ``{mode: [row per n]}``, a row being ``{"n", "wall_s", "peak_mib"}`` (medians),
+    ``"peaks"`` (every run's peak MiB), ``"spilled"`` (whether the stack went to a Zarr store
+    by itself) and ``"facts"`` (:func:`run_facts` of the last run)."""
+    runs: dict = {(mode, n): [] for mode in modes for n in params}
+    for _ in range(repeats):
+        for n, path in params.items():
+            for mode in modes:
+                m = run_measured(holodask_run(path, *extra, *_mode_args(mode, n, workdir, budget)), cwd=path.parent)
+                if m.returncode:
+                    raise RuntimeError(m.output[-3000:])
+                runs[mode, n].append(m)
+                print(f"N={n} ({mode}): {m.wall_s:.1f} s, peak {m.peak_rss_mib:.0f} MiB", flush=True)
+    result = {}
+    for mode in modes:
+        result[mode] = [{"n": n, "wall_s": statistics.median(m.wall_s for m in runs[mode, n]),
+                         "peak_mib": statistics.median(m.peak_rss_mib for m in runs[mode, n]),
+                         "peaks": [m.peak_rss_mib for m in runs[mode, n]],
+                         "spilled": all(run_facts(m.output)["spilled"] for m in runs[mode, n]),
+                         "facts": run_facts(runs[mode, n][-1].output)}
+                        for n in params]
+    return result
+
+
+def memory_table(heading: str, rows: list) -> str:
+    """A table of :func:`peak_memory`'s rows for one mode, with the last / first ratio."""
+    several = len(rows[0]["peaks"]) > 1
+    lines = [heading, "", "| frames | wall s | peak MiB (all processes) |" + (" runs MiB |" if several else ""),
+             "|---|---|---|" + ("---|" if several else "")]
+    for r in rows:
+        runs = f" {', '.join(f'{p:.0f}' for p in r['peaks'])} |" if several else ""
+        lines.append(f"| {r['n']} | {r['wall_s']:.1f} | {r['peak_mib']:.0f} |{runs}")
+    first, last = rows[0], rows[-1]
+    lines += ["", f"Ratio N={last['n']} / N={first['n']}: **{last['peak_mib'] / first['peak_mib']:.2f}**"]
+    return "\n".join(lines)
 
 
 def memory(args, workdir: Path) -> str:
     """Peak memory for the small and the large series, with the stack held in memory
     and in a ``--scratch`` Zarr store (the bounded mode), unless ``--scratch`` asks for
-    that one only."""
-    modes = ["scratch"] if args.scratch else ["memory", "scratch"]
+    that one only; ``--budget SIZE`` adds (or, with ``--scratch``, replaces) the mode of a
+    run under that memory budget."""
+    modes = [] if args.scratch else ["memory"]
+    modes += ["budget"] if args.budget else []
+    modes += ["scratch"] if args.scratch or not args.budget else []
     params = {n: simulate(workdir / f"mem{n}", n, args.size, args.object_size) for n in (args.small, args.large)}
-    parts = []
-    for mode in modes:
-        rows = []
-        for n in (args.small, args.large):
-            extra = ["--cluster", "local", "--workers", "2", "--threads-per-worker", "1",
-                     "--memory-limit", args.memory_limit] if args.local else []
-            if mode == "scratch":
-                extra += ["--scratch", str(workdir / f"scratch{n}")]
-            m = run_measured(holodask_cmd(params[n], *extra), cwd=params[n].parent)
-            if m.returncode:
-                raise RuntimeError(m.output[-3000:])
-            rows.append((n, m.wall_s, m.peak_rss_mib))
-            print(f"N={n} ({mode}): {m.wall_s:.1f} s, peak {m.peak_rss_mib:.0f} MiB", flush=True)
-        (n1, _, p1), (n2, _, p2) = rows
-        where = "LocalCluster, 2 process workers" if args.local else "threaded scheduler"
-        held = "stack in a --scratch Zarr store (bounded memory)" if mode == "scratch" else "stack held in memory"
-        lines = [f"Peak memory, {args.size}² holograms, object_size {args.object_size}, {where}, {held}:", "",
-                 "| frames | wall s | peak MiB (all processes) |", "|---|---|---|"]
-        lines += [f"| {n} | {w:.1f} | {p:.0f} |" for n, w, p in rows]
-        lines += ["", f"Ratio N={n2} / N={n1}: **{p2 / p1:.2f}**"]
-        parts.append("\n".join(lines))
+    extra = ("--cluster", "local", "--workers", "2", "--threads-per-worker", "1",
+             "--memory-limit", args.memory_limit) if args.local else ()
+    rows = peak_memory(params, modes, workdir, repeats=args.memory_repeats, budget=args.budget, extra=extra)
     for folder in params.values():
         shutil.rmtree(folder.parent, ignore_errors=True)
-    return "\n\n".join(parts)
-
-
-STAGE = re.compile(r"(reconstruct\w*|averag\w*)[^\n]*?([0-9.]+)\s*s\b", re.I)
+    where = "LocalCluster, 2 process workers" if args.local else "threaded scheduler"
+    runs = f", median of {args.memory_repeats} alternating runs" if args.memory_repeats > 1 else ""
+    return "\n\n".join(
+        memory_table(f"Peak memory, {args.size}² holograms, object_size {args.object_size}, {where}, "
+                     f"{MEMORY_MODES[mode].format(budget=args.budget)}{runs}:", rows[mode])
+        for mode in modes)
 
 
 def scaling(args, workdir: Path) -> str:
@@ -98,12 +138,13 @@ def scaling(args, workdir: Path) -> str:
     for _ in range(args.repeats):
         for workers in (1, 2):  # alternating, so that a change in the machine's speed hits both alike
             extra = ["--cluster", "local", "--workers", str(workers), "--threads-per-worker", "1"]
-            m = run_measured(holodask_cmd(params, *extra), cwd=params.parent)
+            m = run_measured(holodask_run(params, *extra), cwd=params.parent)
             if m.returncode:
                 raise RuntimeError(m.output[-3000:])
             times[workers].append(m.wall_s)
-            found = [float(t) for _, t in STAGE.findall(m.output)]
-            stage_times[workers].append(sum(found) if found else float("nan"))
+            facts = run_facts(m.output)
+            raw = 0.0 if facts["raw_alignment_s"] != facts["raw_alignment_s"] else facts["raw_alignment_s"]
+            stage_times[workers].append(raw + facts["reconstruction_s"] + facts["averaging_s"])
             print(f"{workers} worker(s): whole run {m.wall_s:.1f} s, stages {stage_times[workers][-1]:.2f} s",
                   flush=True)
     rows = [(w, min(times[w]), min(stage_times[w])) for w in (1, 2)]
@@ -207,6 +248,9 @@ def main(argv=None) -> int:
     ap.add_argument("--local", action="store_true", help="memory test on a LocalCluster instead of threads")
     ap.add_argument("--memory-limit", default="2GB")
     ap.add_argument("--scratch", action="store_true", help="memory test with --scratch only")
+    ap.add_argument("--budget", metavar="SIZE", help="memory test also under --memory-limit SIZE (threads: "
+                                                       "the run's budget), instead of --scratch")
+    ap.add_argument("--memory-repeats", type=int, default=1, help="runs of each memory case (median)")
     ap.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -224,12 +268,7 @@ def main(argv=None) -> int:
     text = "\n\n".join(parts)
     print(text)
     if not args.no_write:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-        path = Path(args.results)
-        if not path.exists():
-            path.write_text("# Benchmark results\n\nWritten by the scripts in this folder; newest last.\n")
-        with path.open("a") as fh:
-            fh.write(f"\n## scaling.py {args.what}, {stamp}\n\nMachine: {machine_facts()}.\n\n{text}\n")
+        append_results(args.results, f"scaling.py {args.what}", text)
     return 0
 
 

@@ -148,6 +148,64 @@ def test_a_run_killed_and_resumed_writes_what_an_uninterrupted_run_writes(tmp_pa
         assert sorted(f) == sorted(g)  # the same datasets (no aligned_rois nobody asked for)
 
 
+def _datasets(path: Path) -> list:
+    with h5py.File(path, "r") as f:
+        return sorted(f)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_a_resumed_run_writes_the_datasets_a_plain_run_writes(tmp_path, aligned):
+    """The checkpoint's raw drift did not make the output ``aligned_rois`` unasked."""
+    _, params = _series(tmp_path)
+    params["output_aligned"] = aligned
+    assert main(["run", str(_write(tmp_path, params, "plain"))]) == 0
+    assert main(["run", str(_write(tmp_path, params, "checked")), "--resume"]) == 0
+    assert _datasets(tmp_path / "checked.hdf5") == _datasets(tmp_path / "plain.hdf5")
+    assert ("aligned_rois" in _datasets(tmp_path / "plain.hdf5")) == aligned
+    with h5py.File(tmp_path / "plain.hdf5", "r") as a, h5py.File(tmp_path / "checked.hdf5", "r") as b:
+        for name in a:
+            if isinstance(a[name], h5py.Dataset):
+                np.testing.assert_array_equal(a[name][()], b[name][()])
+
+
+def test_the_frames_held_for_the_rounds_wait_for_no_drift_of_the_whole_series(tmp_path, monkeypatch):
+    """The drift is computed first, on its own: in the graph of the reconstruction every
+    frame's task would wait for all of the raw alignment, and Dask's ordering of such a graph
+    takes time and memory growing with the square of the series' length."""
+    from holodask.stages import rounds
+
+    graphs = []
+    real = rounds.compute_graph
+
+    def recording(dsk, keys, client=None):
+        graphs.append(list(dsk))
+        return real(dsk, keys, client)
+
+    monkeypatch.setattr(rounds, "compute_graph", recording)
+    _, params = _series(tmp_path, n_frames=8)
+    assert main(["run", str(_write(tmp_path, params, "run"))]) == 0
+
+    def names(keys):
+        return {str(key[0] if isinstance(key, tuple) else key).split("-")[0] for key in keys}
+
+    held = [g for g in graphs if "reconstruct" in names(g)]
+    assert held and all("raw" not in names(g) or "align" not in names(g) for g in held)
+    assert any("align" in names(g) for g in graphs)  # the drift, in a graph of its own
+
+
+def test_a_batch_is_summed_as_its_frames_come():
+    from holodask.stages.rounds import _reduce_parts, _reduce_stream
+
+    rng = np.random.default_rng(0)
+    parts = [([k], (rng.random((4, 4)) + 1j * rng.random((4, 4))).astype(np.complex64)) for k in range(5)]
+    parts[2] = ([2], None)
+    smalls, total = _reduce_stream(part for part in parts)  # a generator: nothing held but the sum
+    expected = _reduce_parts(*parts)
+    assert smalls == expected[0] == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(total, expected[1])
+    assert _reduce_stream([([1], None)]) == ([1], None)
+
+
 def test_a_checkpoint_of_other_parameters_is_refused(tmp_path, capsys):
     _, params = _series(tmp_path, n_frames=24, size_px=256, object_size_px=128)
     path = _write(tmp_path, params, "run")

@@ -119,14 +119,22 @@ def _single_threaded_blas():
 def _reduce_parts(*parts):
     """Sum of ``(small values, array)`` parts: the small values one after the other
     (in the parts' order) and the sum of the arrays."""
-    smalls = [value for part in parts for value in part[0]]
-    arrays = [part[1] for part in parts if part[1] is not None]  # (skipped rounds give none)
-    if not arrays:
-        return smalls, None
-    first = arrays[0]
-    total = np.array(first, dtype=np.complex64 if np.iscomplexobj(first) else np.float64, copy=True)
-    for array in arrays[1:]:
-        total += array
+    return _reduce_stream(parts)
+
+
+def _reduce_stream(parts):
+    """:func:`_reduce_parts` of an iterable, summed as the parts come: a batch task's
+    per-frame parts (a spectrum each) are never all held at once, so its memory does not
+    grow with the batch, which grows with the series."""
+    smalls, total = [], None
+    for small, array in parts:
+        smalls.extend(small)
+        if array is None:  # (skipped rounds give none)
+            continue
+        if total is None:
+            total = np.array(array, dtype=np.complex64 if np.iscomplexobj(array) else np.float64, copy=True)
+        else:
+            total += array
     return smalls, total
 
 
@@ -190,7 +198,7 @@ def _final_task(block, state, average_spectrum, average_wave, grid):
 def _batch_task(kernel, blocks, values, *shared):
     """Run a per-frame kernel ``kernel(block, value, *shared)`` on a batch of frames
     and reduce the batch's parts (see :func:`_reduce_parts`) in the same task."""
-    return _reduce_parts(*(kernel(_load(block), value, *shared) for block, value in zip(blocks, values)))
+    return _reduce_stream(kernel(_load(block), value, *shared) for block, value in zip(blocks, values))
 
 
 # ---------------------------------------------------------------- weights
@@ -554,7 +562,7 @@ def _round_batch(blocks, indices, round_state, grid, fit_shift, fit_tilt, fit_de
              for block, index in zip(blocks, indices))
     if weights is not None:
         parts = (_weighted_part(part, weights[index]) for part, index in zip(parts, indices))
-    return _reduce_parts(*parts)
+    return _reduce_stream(parts)
 
 
 def _first_update(part, order, n_frames):
@@ -628,7 +636,7 @@ def _final_batch(blocks, indices, final_state, grid, weights=None):
              for block, index in zip(blocks, indices))
     if weights is not None:
         parts = (_weighted_part(part, weights[index]) for part, index in zip(parts, indices))
-    return _reduce_parts(*parts)
+    return _reduce_stream(parts)
 
 
 def variance_denominator(n_frames: int, weights=None) -> float:
