@@ -105,6 +105,24 @@ def _store_for(series: FrameSeries, client, store_dir, store):
     return folder
 
 
+def _drift_first(dsk: dict, series: FrameSeries, client) -> None:
+    """Compute a lazy raw drift on its own and put its value in the graph: every frame's
+    reconstruction waits for the drift of the whole series, and Dask's ordering of one graph
+    with that fan-in takes time and memory growing with the square of the series' length."""
+    from holodask.stages.rounds import compute_graph
+
+    lazy = series.lazy_coords.get("raw_shift_x_px")
+    if lazy is None:
+        return
+    key = lazy[1][0][0]
+    if isinstance(dsk.get(key), np.ndarray):
+        return
+    from dask.optimization import cull
+
+    needed, _ = cull(dsk, [key])
+    dsk[key] = np.asarray(compute_graph(needed, [key], client)[0])
+
+
 def hold_stack(series: FrameSeries, *, client=None, store_dir=None, store=None) -> FrameSeries:
     """:func:`hold` on a :class:`FrameSeries`: its graph then holds the frames themselves
     (arrays, futures on the workers, or readers of the Zarr store) and its coordinates
@@ -119,6 +137,7 @@ def hold_stack(series: FrameSeries, *, client=None, store_dir=None, store=None) 
     if not series.lazy_coords and not lazy_empty and held_frames(series) is not None:
         return series
     dsk = dict(series.graph)
+    _drift_first(dsk, series, client)
     also = list(dict.fromkeys(key for _, parts, _ in series.lazy_coords.values() for key, _ in parts))
     if lazy_empty:
         dsk.update(empty.dsk)
