@@ -3,7 +3,7 @@
 Pure numpy, cheap enough to run on every frame as it is read
 (:func:`check_hologram_frame`: one pass for NaN/Inf over a float frame, a
 sample of pixels for a constant one), and once per series on its first frame
-(:func:`check_fringes`: a small FFT of at most 512 x 512 px).
+(:func:`check_fringes`: a small FFT of at most 256 x 256 px).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = [
 #: alone gives about 2.4 in the searched disc; real holograms give tens to thousands)
 FRINGE_CONTRAST_MINIMUM = 3.0
 #: the fringe check transforms a central crop of at most this many pixels per side
-FRINGE_CHECK_SIDE = 512
+FRINGE_CHECK_SIDE = 256
 #: radius (crop Fourier pixels) around ``sideband_pos`` in which the peak is looked for
 SIDEBAND_SEARCH_RADIUS = 4
 
@@ -88,7 +88,7 @@ def _central_crop(frame: np.ndarray, side: int) -> np.ndarray:
 def sideband_contrast(frame: np.ndarray, sideband_pos) -> float:
     """How far the sideband at ``sideband_pos`` ([x, y] in the centred FFT of the whole
     frame) rises above the spectrum around it: its peak over the median amplitude outside
-    the centre band (from a Hann-windowed central crop of at most 512 x 512 px)."""
+    the centre band (from a Hann-windowed central crop of at most 256 x 256 px)."""
     frame = np.asarray(frame)
     rows, cols = frame.shape
     crop = _central_crop(frame, FRINGE_CHECK_SIDE).astype(np.float32)

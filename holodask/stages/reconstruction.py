@@ -677,6 +677,22 @@ class _FactorCache:
 _FACTORS = _FactorCache()
 
 
+def _factor_tasks(dsk: dict, shifts, factor_token, empty_key, roi, grid) -> list | None:
+    """Where the drift is known already (given, or none): one task per distinct ROI position
+    computing its normalisation factor (in parallel, before the holograms need them); the
+    key for every frame. None where the drift comes later (the factors are then made where
+    first needed, :class:`_FactorCache`)."""
+    if factor_token is None or not isinstance(shifts, np.ndarray):
+        return None
+    keys, by_shift = [], {}
+    for shift in (tuple(int(v) for v in row) for row in shifts):
+        if shift not in by_shift:
+            by_shift[shift] = ("factor-" + factor_token, len(by_shift))
+            dsk[by_shift[shift]] = (normalisation_factor, empty_key, roi, shift, grid)
+        keys.append(by_shift[shift])
+    return keys
+
+
 def _reconstruct_frame(block, shifts, k, big_empty, factor_token, factor_shape, geometry: SidebandGeometry, roi,
                        label, source, out_shape, per_nm_to_px):
     """One raw frame block (1, H, W) to ``(wave (ny, nx), quality)``: the drift-moved ROI
@@ -691,7 +707,9 @@ def _reconstruct_frame(block, shifts, k, big_empty, factor_token, factor_shape, 
     wave, mean_intensity = reconstruct_hologram(frame, geometry, return_mean=True)
     contrast, offset_x, offset_y, noise = hologram_quality(wave, mean_intensity, geometry)
     quality = np.array([[saturated, contrast, offset_x * per_nm_to_px[0], offset_y * per_nm_to_px[1], noise]])
-    if factor_token is not None:
+    if isinstance(factor_token, np.ndarray):  # the factor of this frame's ROI position, computed by its task
+        wave = normalise_with_factor(wave, factor_token, out_shape)
+    elif factor_token is not None:
         factor = _FACTORS.get((factor_token, shift_xy),
                               lambda: normalisation_factor(big_empty, roi, shift_xy, factor_shape))
         wave = normalise_with_factor(wave, factor, out_shape)
@@ -910,10 +928,11 @@ def reconstruct_stack(series: FrameSeries, params: HoloParams, *, empty=None, ra
     pair_name, wave_name, quality_name = ("reconstruct-" + token, "wave-" + token, "quality-" + token)
     # the sideband's offset: 1/nm to pixels of the camera's transform
     per_nm_to_px = (setup.sampling_nm * setup.camera_shape[1], setup.sampling_nm * setup.camera_shape[0])
+    factors = _factor_tasks(dsk, shift_dsk.get(shifts_key), factor_token, empty_key, roi, grid)
     for k in range(series.n_frames):
-        dsk[(pair_name, k)] = (_reconstruct_frame, series.frame_task(k), shifts_key, k, empty_key, factor_token,
-                               grid, geometry_key, roi, f"frame {int(series.frame_index[k])}", source, out_shape,
-                               per_nm_to_px)
+        dsk[(pair_name, k)] = (_reconstruct_frame, series.frame_task(k), shifts_key, k, empty_key,
+                               factors[k] if factors else factor_token, grid, geometry_key, roi,
+                               f"frame {int(series.frame_index[k])}", source, out_shape, per_nm_to_px)
         dsk[(wave_name, k)] = (_wave_block, (pair_name, k))
         dsk[(quality_name, k)] = (_quality_block, (pair_name, k))
     n = series.n_frames
