@@ -193,11 +193,10 @@ def _reconstruct_and_average(objects: FrameSeries, params: HoloParams, out, clie
         if shifts is None:
             shifts = _drift(objects, params)
             checkpoint.save_raw_shifts(shifts)
-    elif (params.output_aligned and out is not None) or (params.enable_raw_alignment and objects.n_frames > 1):
-        # the drift first, on its own (the ROIs written need it too): in one graph with the
-        # reconstruction every frame's task waits for the drift of the whole series, and
-        # Dask's ordering of that graph takes time and memory growing with the square of
-        # the series' length (2,000 holograms: 2.6 s and 270 MB before the first task ran)
+    else:
+        # the drift first, on its own: the written ROIs need it, and the normalisation factors
+        # then are tasks of their own, one per ROI position (hold_stack would compute a lazy
+        # drift first too: in one graph its fan-in makes Dask's ordering grow with N^2)
         shifts = _drift(objects, params)
     waves = reconstruct_stack(objects, params, raw_shifts=shifts)
     waves = _held(waves, client, checkpoint)

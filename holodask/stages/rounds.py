@@ -217,8 +217,8 @@ def _weighted_part(part, weight):
 
 def _weighted_batch_task(kernel, blocks, values, weights, *shared):
     """:func:`_batch_task` with each frame's contribution times its weight."""
-    return _reduce_parts(*(_weighted_part(kernel(_load(block), value, *shared), weight)
-                           for block, value, weight in zip(blocks, values, weights)))
+    return _reduce_stream(_weighted_part(kernel(_load(block), value, *shared), weight)
+                          for block, value, weight in zip(blocks, values, weights))
 
 
 def normalised_weights(weights, n_frames: int) -> np.ndarray | None:

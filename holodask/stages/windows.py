@@ -97,7 +97,7 @@ from holodask.stages.rounds import (
     _Graph,
     _in_frame_order,
     _load,
-    _reduce_parts,
+    _reduce_stream,
     _weighted_part,
     round_plan,
     variance_denominator,
@@ -271,7 +271,7 @@ def _registered_final_batch(blocks, indices, final_state, grid, weights=None):
              for block, index in zip(blocks, indices))
     if weights is not None:
         parts = (_weighted_part(part, weights[index]) for part, index in zip(parts, indices))
-    return _reduce_parts(*parts)
+    return _reduce_stream(parts)
 
 
 def _registered_finish(part, order, final_state, n_frames, variance, weights=None):
